@@ -1,0 +1,266 @@
+"""The micro-batcher: one per model operation, turning many small requests into few full
+forward passes. It knows rows, tensors and futures; nothing of HTTP.
+
+A *row* is the unit of work (one image). ``submit`` enqueues a job of n rows, or raises
+``QueueFull`` when the queue (bounded in rows) cannot take them. One asyncio task per batcher
+takes up to ``max_batch_rows`` rows from the front of the queue, across jobs, splitting a large
+job over several batches, runs one forward pass in the executor (off the event loop) and copies
+each job's rows into its result. A job whose client has gone or whose deadline has passed is
+dropped before its remaining rows run.
+
+No wait when idle: a batch starts as soon as the worker finds rows. Only when the worker comes
+straight from a previous batch (the model is busy, so more rows are likely on their way) and the
+batch is not full does it wait up to ``max_wait_s`` to top it up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from app.exceptions import BatchFailed, DeadlineExceeded, NotReady, QueueFull
+
+log = logging.getLogger("latentserve.batching")
+
+
+class BatcherMetrics(Protocol):
+    def batch(self, model: str, rows: int, seconds: float) -> None: ...
+    def rows(self, model: str, outcome: str, count: int) -> None: ...
+    def queue_rows(self, model: str, rows: int) -> None: ...
+
+
+class NullMetrics:
+    def batch(self, model: str, rows: int, seconds: float) -> None:
+        pass
+
+    def rows(self, model: str, outcome: str, count: int) -> None:
+        pass
+
+    def queue_rows(self, model: str, rows: int) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Job:
+    inputs: tuple[torch.Tensor, ...]  # each (n, ...), row i of the job in row i of each
+    n: int
+    deadline: float  # in loop.time()
+    future: asyncio.Future
+    result: np.ndarray | None = None  # (n, ...) once the first rows come back
+    taken: int = 0  # rows handed to batches so far
+    done: int = 0  # rows whose outputs are in ``result``
+    dropped: bool = False
+    batch_ids: list[int] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(self, name: str, run_batch: Callable[..., np.ndarray], *, max_batch_rows: int,
+                 max_queue_rows: int, executor: Executor, max_wait_s: float = 0.0,
+                 metrics: BatcherMetrics | None = None):
+        if max_batch_rows <= 0:
+            raise ValueError("max_batch_rows must be greater than 0")
+        if max_queue_rows <= 0:
+            raise ValueError("max_queue_rows must be greater than 0")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
+        self.name = name
+        self.run_batch = run_batch
+        self.max_batch_rows = max_batch_rows
+        self.max_queue_rows = max_queue_rows
+        self.max_wait_s = max_wait_s
+        self.executor = executor
+        self.metrics = metrics or NullMetrics()
+        self._queue: deque[Job] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._accepting = False
+        self._in_flight = 0  # rows in the running forward pass
+        # counters read by tests, metrics and benchmarks
+        self.batches_run = 0
+        self.rows_run = 0
+        self.last_batch_id = 0
+
+    # -- lifecycle --
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        if self._task is None:
+            self._accepting = True
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking jobs, let queued and running rows finish (up to ``timeout_s``), then stop.
+        Returns True when everything accepted was finished."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout_s
+        while (self._queued_rows or self._in_flight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        clean = not (self._queued_rows or self._in_flight)
+        await self.stop()
+        return clean
+
+    async def stop(self) -> None:
+        self._accepting = False
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._queue:
+            job = self._queue.popleft()
+            self._fail(job, NotReady("the service is shutting down"), "failed")
+
+    # -- the client side --
+    def submit(self, inputs: Sequence[torch.Tensor], timeout_s: float) -> Job:
+        n = int(inputs[0].shape[0])
+        if n <= 0:
+            raise ValueError("a job needs at least one row")
+        if any(int(t.shape[0]) != n for t in inputs):
+            raise ValueError("all inputs of a job need the same number of rows")
+        if not self._accepting or not self.running:
+            raise NotReady(f"model {self.name} is not accepting work")
+        if self._queued_rows + n > self.max_queue_rows:
+            self.metrics.rows(self.name, "rejected", n)
+            raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued; "
+                            f"{n} more would exceed the bound of {self.max_queue_rows}")
+        loop = asyncio.get_running_loop()
+        job = Job(tuple(inputs), n, loop.time() + timeout_s, loop.create_future())
+        self._queue.append(job)
+        self._queued_rows += n
+        self.metrics.queue_rows(self.name, self._queued_rows)
+        self._wakeup.set()
+        return job
+
+    async def result(self, job: Job) -> np.ndarray:
+        """The job's outputs, (n, ...). Raises DeadlineExceeded at the deadline; on cancellation
+        (the client went away) the job's remaining rows are dropped."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), max(0.0, job.deadline - loop.time()))
+        except (TimeoutError, asyncio.TimeoutError):
+            self.drop(job, "timed_out")
+            raise DeadlineExceeded(f"the request did not finish within its deadline on model {self.name}") from None
+        except asyncio.CancelledError:
+            self.drop(job, "cancelled")
+            raise
+
+    async def run(self, inputs: Sequence[torch.Tensor], timeout_s: float) -> np.ndarray:
+        return await self.result(self.submit(inputs, timeout_s))
+
+    def drop(self, job: Job, outcome: str) -> None:
+        """Forget the job's rows that have not run yet (counted under ``outcome``)."""
+        if job.dropped:
+            return
+        job.dropped = True
+        left = job.n - job.taken
+        if left:
+            self._queued_rows -= left
+            self.metrics.rows(self.name, outcome, left)
+            self.metrics.queue_rows(self.name, self._queued_rows)
+        if not job.future.done():
+            job.future.cancel()
+
+    def _fail(self, job: Job, error: BaseException, outcome: str) -> None:
+        if not job.future.done():
+            job.future.set_exception(error)
+            job.future.exception()  # mark retrieved: the client may be gone
+        self.drop(job, outcome)
+
+    # -- the worker side --
+    def _take(self, budget: int, now: float) -> list[tuple[Job, int, int]]:
+        """Up to ``budget`` rows from the front of the queue as (job, start, count) slices."""
+        batch: list[tuple[Job, int, int]] = []
+        while budget > 0 and self._queue:
+            job = self._queue[0]
+            if job.dropped:
+                self._queue.popleft()
+                continue
+            if now >= job.deadline:
+                self._queue.popleft()
+                self._fail(job, DeadlineExceeded(f"the request did not finish within its deadline on model {self.name}"), "timed_out")
+                continue
+            count = min(budget, job.n - job.taken)
+            batch.append((job, job.taken, count))
+            job.taken += count
+            self._queued_rows -= count
+            budget -= count
+            if job.taken == job.n:
+                self._queue.popleft()
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        busy = False
+        while True:
+            if not self._queue:
+                busy = False
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = self._take(self.max_batch_rows, loop.time())
+            rows = sum(c for _, _, c in batch)
+            if busy and self.max_wait_s > 0 and 0 < rows < self.max_batch_rows:
+                await asyncio.sleep(self.max_wait_s)
+                more = self._take(self.max_batch_rows - rows, loop.time())
+                batch += more
+                rows += sum(c for _, _, c in more)
+            self.metrics.queue_rows(self.name, self._queued_rows)
+            if not batch:
+                continue
+            busy = True
+            await self._run(batch, rows, loop)
+
+    async def _run(self, batch: list[tuple[Job, int, int]], rows: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.last_batch_id += 1
+        batch_id = self.last_batch_id
+        n_inputs = len(batch[0][0].inputs)
+        inputs = [torch.cat([job.inputs[k][s:s + c] for job, s, c in batch]) for k in range(n_inputs)]
+        self._in_flight = rows
+        t0 = time.perf_counter()
+        try:
+            out = await loop.run_in_executor(self.executor, self.run_batch, *inputs)
+        except Exception as e:  # a failed pass fails only its own jobs
+            log.error("forward pass %d of %s failed on %d rows: %r", batch_id, self.name, rows, e,
+                      exc_info=(type(e), e, e.__traceback__))
+            for job in {id(j): j for j, _, _ in batch}.values():
+                self._fail(job, BatchFailed(f"the forward pass failed on model {self.name}"), "failed")
+            self.metrics.rows(self.name, "failed", rows)
+            return
+        finally:
+            self._in_flight = 0
+        seconds = time.perf_counter() - t0
+        self.batches_run += 1
+        self.rows_run += rows
+        self.metrics.batch(self.name, rows, seconds)
+        self.metrics.rows(self.name, "computed", rows)
+        offset = 0
+        for job, start, count in batch:
+            if not job.future.done():
+                if job.result is None:
+                    job.result = np.empty((job.n, *out.shape[1:]), dtype=out.dtype)
+                job.result[start:start + count] = out[offset:offset + count]
+                job.done += count
+                job.batch_ids.append(batch_id)
+                if job.done == job.n:
+                    job.future.set_result(job.result)
+            offset += count

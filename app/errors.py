@@ -1,0 +1,85 @@
+"""One table from exception type to HTTP status, and the JSON error body used everywhere:
+``{"error": {"code": "...", "message": "..."}}``. 500s carry only an error id, which the log
+line of the failure carries too; never a stack trace or a path."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app import exceptions as ex
+
+log = logging.getLogger("latentserve.errors")
+
+# exception type -> (status, code)
+ERROR_TABLE: dict[type[ex.ServiceError], tuple[int, str]] = {
+    ex.ModelNotFound: (404, "model_not_found"),
+    ex.InvalidInput: (422, "invalid_request"),
+    ex.UnsupportedOperation: (400, "unsupported_operation"),
+    ex.PayloadTooLarge: (413, "payload_too_large"),
+    ex.UnsupportedMediaType: (415, "unsupported_media_type"),
+    ex.QueueFull: (429, "queue_full"),
+    ex.NotReady: (503, "not_ready"),
+    ex.DeadlineExceeded: (504, "deadline_exceeded"),
+    ex.BatchFailed: (500, "internal_error"),
+}
+
+
+def error_body(code: str, message: str, **extra: object) -> dict:
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: object) -> JSONResponse:
+    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
+
+
+def _internal(request: Request, exc: BaseException) -> JSONResponse:
+    error_id = uuid.uuid4().hex[:16]
+    log.error("internal error %s on %s %s: %r", error_id, request.method, request.url.path, exc,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return error_response(500, "internal_error", f"internal error; quote error id {error_id}", error_id=error_id)
+
+
+async def service_error_handler(request: Request, exc: ex.ServiceError) -> JSONResponse:
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            status, code = ERROR_TABLE[cls]
+            break
+    else:  # pragma: no cover - every subclass is in the table
+        status, code = 500, "internal_error"
+    if status >= 500 and status != 503 and status != 504:
+        return _internal(request, exc)
+    headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ex.QueueFull) else None
+    return error_response(status, code, exc.message, headers)
+
+
+async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        details.append({"field": loc, "message": err.get("msg", "")})
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5]) or "invalid request"
+    return error_response(422, "invalid_request", message, details=details)
+
+
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in HTTPStatus._value2member_map_ else "error"
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    return _internal(request, exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ex.ServiceError, service_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, validation_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, unhandled_error_handler)

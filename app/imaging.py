@@ -1,0 +1,89 @@
+"""Pixels <-> bytes: PNG images and grids, GIF animations, and decoding uploads for /encode.
+Pure functions over numpy arrays, run in a thread pool by the routes (never on the event loop)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from models.images import tile
+
+TARGET_SIZE = (28, 28)
+
+
+def _scaled(img: Image.Image, scale: int) -> Image.Image:
+    return img if scale == 1 else img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def png_bytes(pixels: np.ndarray, scale: int = 1, compress_level: int = 1) -> bytes:
+    """(H, W) uint8 -> PNG bytes (grayscale, no metadata, so equal pixels give equal bytes)."""
+    buf = io.BytesIO()
+    _scaled(Image.fromarray(pixels, mode="L"), scale).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def grid_png_bytes(pixels: np.ndarray, columns: int, scale: int = 1, compress_level: int = 1) -> bytes:
+    """(N, H, W) uint8 -> one PNG: the single image when N == 1, else a grid (2 px black gaps)."""
+    if len(pixels) == 1:
+        return png_bytes(pixels[0], scale, compress_level)
+    return png_bytes(tile(pixels, columns), scale, compress_level)
+
+
+def gif_bytes(frames: np.ndarray, duration_ms: int = 100, scale: int = 1, loop: int = 0) -> bytes:
+    """(N, H, W) uint8 -> an animated GIF that loops forever (loop=0)."""
+    images = [_scaled(Image.fromarray(f, mode="L"), scale) for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=duration_ms, loop=loop)
+    return buf.getvalue()
+
+
+def decode_upload(data: bytes, max_pixels: int, invert: bool = False) -> np.ndarray:
+    """Any still image Pillow reads -> (28, 28) float32 in [0, 1], as Fashion-MNIST looks.
+
+    The conversion: the first (only) frame; EXIF orientation applied; transparency composited
+    onto black; 16-bit and palette modes through Pillow's conversions to 8-bit grayscale
+    (ITU-R 601-2 luma); padded with black to a centred square, then resized to 28x28 with a
+    box filter (area averaging). ``invert`` flips dark-on-light pictures to Fashion-MNIST's
+    light-on-black. Header sizes are checked before any pixel is decoded (decompression bombs).
+    """
+    if not data:
+        raise InvalidInput("empty upload: send one PNG, JPEG, ... image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise PayloadTooLarge(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
+            if getattr(img, "n_frames", 1) > 1:
+                raise InvalidInput("animated images are not supported: send one still image")
+            img.load()
+    except (PayloadTooLarge, InvalidInput):
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        if isinstance(e, UnidentifiedImageError):
+            raise UnsupportedMediaType("the upload is not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, ...)") from None
+        raise PayloadTooLarge("image dimensions are too large") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InvalidInput(f"the image is truncated or corrupt ({type(e).__name__})") from None
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(1.0, float(arr.max()))
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, rgba)
+    gray = img.convert("L")
+    side = max(gray.size)
+    gray = ImageOps.pad(gray, (side, side), color=0, centering=(0.5, 0.5))
+    gray = gray.resize(TARGET_SIZE, Image.BOX)
+    arr = np.asarray(gray, dtype=np.float32) / 255.0
+    return 1.0 - arr if invert else arr

@@ -1,0 +1,83 @@
+"""``create_app(settings)`` and the lifespan: load (or take) the registry, start one batcher per
+model operation, warm up in the background (readiness stays 503 until done), and on shutdown
+turn readiness off and let accepted work finish."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.errors import install_error_handlers
+from app.generation import GenerationService
+from app.metrics import Metrics
+from app.middleware import RequestContextMiddleware
+from app.registry import Registry
+from app.routes import generation, health, models
+from app.settings import Settings
+
+log = logging.getLogger("latentserve")
+DRAIN_TIMEOUT_S = 30.0
+
+
+async def _warm_up(app: FastAPI, registry: Registry, executor: ThreadPoolExecutor) -> None:
+    state = app.state
+    try:
+        await asyncio.get_running_loop().run_in_executor(executor, registry.warm_up)
+    except Exception as e:
+        state.fatal = f"warm-up failed: {e!r}"
+        log.error("warm-up failed, the service will not become ready: %r", e)
+        on_fatal = getattr(state, "on_fatal", None)
+        if on_fatal is not None:
+            on_fatal()
+        return
+    state.ready = True
+    state.metrics.ready.set(1)
+    log.info("ready: %s on %s", ", ".join(registry.models), registry.device)
+
+
+def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
+    """Build the app. ``registry`` is loaded from ``settings`` at startup when not given."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        reg = registry if registry is not None else Registry.from_settings(settings)
+        forward_executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
+        state.png_executor = ThreadPoolExecutor(settings.png_threads, thread_name_prefix="png")
+        service = GenerationService(reg, settings, forward_executor, metrics)
+        for batcher in service.batchers:
+            batcher.start()
+        state.service = service
+        warm = asyncio.create_task(_warm_up(app, reg, forward_executor))
+        try:
+            yield
+        finally:
+            state.draining = True
+            state.ready = False
+            metrics.ready.set(0)
+            warm.cancel()
+            await asyncio.gather(*(b.drain(DRAIN_TIMEOUT_S) for b in service.batchers))
+            forward_executor.shutdown(wait=True)
+            state.png_executor.shutdown(wait=True)
+
+    app = FastAPI(title="latentserve", version="0.1.0", lifespan=lifespan,
+                  description="On-demand samples from class-conditional GAN and VAE image generators, "
+                              "micro-batched across clients. PNGs or JSON latents.")
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    app.state.draining = False
+    app.state.fatal = None
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(models.router)
+    app.include_router(generation.router)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,185 @@
+"""Model cards -> modules on the device, in eval mode, warmed up, behind a fixed set of batch
+shapes. Runs in the forward executor thread; knows nothing of HTTP or asyncio."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from app.exceptions import ModelNotFound
+from app.settings import Settings
+from models.card import ModelLoadError, load_model, read_card
+from models.images import to_uint8
+
+log = logging.getLogger("latentserve.registry")
+SERVABLE_KINDS = ("gan", "vae")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"LATENTSERVE_DEVICE={spec}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"LATENTSERVE_DEVICE={spec}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"LATENTSERVE_DEVICE={spec}: MPS is not available on this machine")
+    return device
+
+
+def bucket_sizes(min_rows: int, max_rows: int) -> list[int]:
+    """The padded batch shapes: powers of two from min_rows up to the first >= max_rows.
+
+    PyTorch is not batch-invariant: on an x86 CPU a row computed in a batch of 1, 3 or 9 can
+    differ in the last bits from the same row in a batch of 64, while every power-of-two shape
+    >= 4 gave identical bits (see docs/batching.md). Padding every pass to one of these shapes
+    keeps an image's bytes independent of what it was batched with."""
+    size = 1
+    while size < min_rows:
+        size *= 2
+    sizes = [size]
+    while sizes[-1] < max_rows:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+@dataclass
+class ServedModel:
+    name: str
+    kind: str
+    version: str
+    card: dict[str, Any]
+    module: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    buckets: list[int]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.card["config"]["latent_dim"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.card["classes"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        img = self.card["image"]
+        return int(img["channels"]), int(img["height"]), int(img["width"])
+
+    @property
+    def sha256(self) -> str:
+        return str(self.card["sha256"])
+
+    def _bucket(self, rows: int) -> int:
+        for b in self.buckets:
+            if rows <= b:
+                return b
+        raise ValueError(f"{rows} rows exceed the largest batch shape {self.buckets[-1]}")
+
+    def _pad(self, t: torch.Tensor, size: int) -> torch.Tensor:
+        if t.shape[0] == size:
+            return t
+        return torch.cat([t, t.new_zeros((size - t.shape[0], *t.shape[1:]))])
+
+    def generate_rows(self, z: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """z: (B, latent_dim) float32 CPU, y: (B,) int64 -> (B, H, W) uint8. The batch is padded
+        to a bucket shape, so a row's pixels never depend on how many rows shared its pass."""
+        rows = z.shape[0]
+        size = self._bucket(rows)
+        with self.lock, torch.inference_mode():
+            zz = self._pad(z, size).to(self.device, self.dtype, non_blocking=True)
+            yy = self._pad(y, size).to(self.device, non_blocking=True)
+            pixels = to_uint8(self.module.generate(zz, yy)[:rows])  # uint8 before leaving the device
+            return pixels.cpu().numpy()
+
+    def encode_rows(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """x: (B, 1, H, W) float32 in [0, 1], y: (B,) -> (B, 2, latent_dim) float32 (mu, logvar)."""
+        rows = x.shape[0]
+        size = self._bucket(rows)
+        with self.lock, torch.inference_mode():
+            xx = self._pad(x, size).to(self.device, self.dtype)
+            yy = self._pad(y, size).to(self.device)
+            mu, logvar = self.module.encode(xx, yy)
+            return torch.stack([mu[:rows], logvar[:rows]], dim=1).float().cpu().numpy()
+
+    def warm_up(self) -> None:
+        """One pass per bucket shape (and per operation), so no request pays for first-use costs."""
+        c, h, w = self.image_shape
+        for size in self.buckets:
+            z = torch.zeros(size, self.latent_dim)
+            y = torch.arange(size) % len(self.classes)
+            out = self.generate_rows(z, y)
+            if out.shape != (size, h, w):
+                raise ModelLoadError(f"{self.name}: warm-up produced shape {out.shape}, expected {(size, h, w)}")
+            if self.kind == "vae":
+                self.encode_rows(torch.zeros(size, c, h, w), y)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def info(self) -> dict[str, Any]:
+        c, h, w = self.image_shape
+        return {"name": self.name, "kind": self.kind, "version": self.version, "latent_dim": self.latent_dim,
+                "image": {"channels": c, "height": h, "width": w}, "classes": self.classes,
+                "metrics": self.card.get("metrics", {}), "sha256": self.sha256}
+
+
+class Registry:
+    def __init__(self, models: dict[str, ServedModel], device: torch.device):
+        self.models = models
+        self.device = device
+        self.warmed = False
+
+    def get(self, name: str) -> ServedModel:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFound(f"no model named {name[:64]!r}; available: {', '.join(sorted(self.models))}")
+        return model
+
+    def warm_up(self) -> None:
+        for model in self.models.values():
+            model.warm_up()
+        self.warmed = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Registry":
+        """Load every selected card. Raises ModelLoadError naming the file on the first failure."""
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        device = resolve_device(settings.device)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = False  # algorithm choice must not depend on timing
+            torch.backends.cudnn.deterministic = True
+        weights_dir = Path(settings.weights_dir)
+        if not weights_dir.is_dir():
+            raise ModelLoadError(f"{weights_dir}: weights directory not found (LATENTSERVE_WEIGHTS_DIR)")
+        names = settings.models or sorted(
+            p.stem for p in weights_dir.glob("*.json") if read_card(p).get("kind") in SERVABLE_KINDS)
+        if not names:
+            raise ModelLoadError(f"{weights_dir}: no gan or vae model cards found")
+        buckets = bucket_sizes(settings.min_batch_rows, settings.max_batch_rows)
+        models = {}
+        for name in names:
+            if not NAME_RE.match(name):
+                raise ModelLoadError(f"LATENTSERVE_MODELS: {name!r} is not a valid model name")
+            card_path = weights_dir / f"{name}.json"
+            module, card = load_model(card_path, device=device, dtype=DTYPES[settings.dtype])
+            if card["kind"] not in SERVABLE_KINDS:
+                raise ModelLoadError(f"{card_path}: kind {card['kind']!r} cannot be served (only gan and vae)")
+            models[name] = ServedModel(name, card["kind"], str(card["version"]), card, module, device,
+                                       DTYPES[settings.dtype], buckets)
+            log.info("loaded %s (%s %s, sha256 %s...) on %s", name, card["kind"], card["version"], card["sha256"][:12], device)
+        return cls(models, device)

@@ -1,0 +1,28 @@
+"""One router per resource; shared dependencies as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.exceptions import NotReady
+from app.generation import GenerationService
+from app.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_service(request: Request) -> GenerationService:
+    state = request.app.state
+    if getattr(state, "draining", False):
+        raise NotReady("the service is shutting down")
+    if not getattr(state, "ready", False):
+        raise NotReady("models are still loading or warming up")
+    return state.service
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServiceDep = Annotated[GenerationService, Depends(get_service)]

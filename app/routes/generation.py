@@ -1,0 +1,237 @@
+"""Sampling, decoding, encoding and interpolation. Validates, calls the generation service,
+encodes pixels in the PNG thread pool, and drops the work of clients that hang up."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from app import imaging
+from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType, UnsupportedOperation
+from app.generation import Images
+from app.routes import ServiceDep, SettingsDep
+from app.schemas import (DecodeRequest, EncodeResponse, ErrorResponse, ImagesResponse, InterpolateRequest,
+                         MAX_SEED, SampleRequest)
+from app.settings import Settings
+
+router = APIRouter(prefix="/v1/models/{model}", tags=["generation"])
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's code for "client closed request": logged and counted, never seen
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
+PNG = {200: {"content": {"image/png": {}}, "description": "a PNG (one image, or a grid for n > 1)"}}
+PNG_OR_JSON = {200: {"content": {"image/png": {}, "application/json": {"schema": ImagesResponse.model_json_schema()}},
+                     "description": "image/png for format=png, JSON for format=json"}}
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it (its queued rows are dropped)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass
+    raise ClientGone()
+
+
+async def in_png_pool(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.png_executor, fn, *args)
+
+
+def _headers(model: str, version: str, images: Images, seed: int | None) -> dict[str, str]:
+    headers = {"X-Model-Version": version, "X-Model": model, "X-Labels": ",".join(map(str, images.labels))}
+    if seed is not None:
+        headers["X-Seed"] = str(seed)
+    return headers
+
+
+async def render(request: Request, settings: Settings, model_name: str, version: str, classes: list[str],
+                 images: Images, *, fmt: str, columns: int, scale: int, seed: int | None,
+                 include_latents: bool = False, headers: dict[str, str] | None = None) -> Response:
+    level = settings.png_compress_level
+    hdrs = {**_headers(model_name, version, images, seed), **(headers or {})}
+    if fmt == "png":
+        body = await in_png_pool(request, imaging.grid_png_bytes, images.pixels, columns, scale, level)
+        return Response(body, media_type="image/png", headers=hdrs)
+
+    def encode_all() -> list[str]:
+        return [base64.b64encode(imaging.png_bytes(p, scale, level)).decode("ascii") for p in images.pixels]
+
+    pngs = await in_png_pool(request, encode_all)
+    items = []
+    for i, b64 in enumerate(pngs):
+        item: dict[str, Any] = {"index": i, "seed": images.seeds[i] if images.seeds else None,
+                                "label": images.labels[i], "label_name": classes[images.labels[i]], "png_base64": b64}
+        if include_latents and images.latents is not None:
+            item["latent"] = images.latents[i].tolist()
+        items.append(item)
+    return JSONResponse({"model": model_name, "version": version, "seed": seed, "images": items}, headers=hdrs)
+
+
+@router.post("/samples", summary="Sample images from a model", responses={**PNG_OR_JSON, **ERRORS})
+async def samples(model: str, body: SampleRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    m = service.registry.get(model)
+    seed = service.random_seed() if body.seed is None else body.seed
+    try:
+        images = await unless_disconnected(request, service.sample(model, body.n, seed, body.labels, body.truncation))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    return await render(request, settings, model, m.version, m.classes, images, fmt=body.format, columns=body.columns,
+                        scale=body.scale, seed=seed, include_latents=body.include_latents)
+
+
+def _etag(*parts: Any) -> str:
+    digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()[:32]
+    return f'"{digest}"'
+
+
+def _etag_matches(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    return header.strip() == "*" or etag in [t.strip().removeprefix("W/") for t in header.split(",")]
+
+
+@router.get("/samples.png", summary="Sample a PNG with query parameters (for curl and <img src>)",
+            responses={**PNG, 304: {"description": "Not Modified (If-None-Match matched the ETag)"}, **ERRORS})
+async def samples_png(model: str, request: Request, service: ServiceDep, settings: SettingsDep,
+                      n: Annotated[int, Query(ge=1, le=4096)] = 1,
+                      seed: Annotated[int | None, Query(ge=0, le=MAX_SEED)] = None,
+                      label: Annotated[str | None, Query(max_length=64, description="class index or name")] = None,
+                      columns: Annotated[int, Query(ge=1, le=256)] = 8,
+                      truncation: Annotated[float, Query(gt=0.0, le=1.0)] = 1.0,
+                      scale: Annotated[int, Query(ge=1, le=16)] = 1) -> Response:
+    m = service.registry.get(model)
+    labels = None if label is None else (int(label) if label.strip().isdigit() else label)
+    cache: dict[str, str] = {"Cache-Control": "no-store"}
+    if seed is not None:
+        etag = _etag(m.name, m.version, m.sha256, n, seed, labels, columns, truncation, scale, settings.png_compress_level)
+        cache = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
+        if _etag_matches(request, etag):
+            return Response(status_code=304, headers={**cache, "X-Model-Version": m.version, "X-Seed": str(seed)})
+    else:
+        seed = service.random_seed()
+    try:
+        images = await unless_disconnected(request, service.sample(model, n, seed, labels, truncation))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    return await render(request, settings, model, m.version, m.classes, images, fmt="png", columns=columns,
+                        scale=scale, seed=seed, headers=cache)
+
+
+@router.post("/decode", summary="Images from given latents", responses={**PNG_OR_JSON, **ERRORS})
+async def decode(model: str, body: DecodeRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    m = service.registry.get(model)
+    try:
+        images = await unless_disconnected(request, service.decode(model, body.latents, body.labels))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    return await render(request, settings, model, m.version, m.classes, images, fmt=body.format,
+                        columns=body.columns, scale=body.scale, seed=None)
+
+
+async def read_body_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # let request.form() parse the buffered body
+    return body
+
+
+@router.post("/encode", response_model=EncodeResponse, summary="VAE only: image(s) -> latent mean and log-variance",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "image/png": {"schema": {"type": "string", "format": "binary"}},
+                 "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                     "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                     "label": {"type": "array", "items": {"type": "string"}}}}}}}},
+             responses=ERRORS)
+async def encode(model: str, request: Request, service: ServiceDep, settings: SettingsDep,
+                 label: Annotated[str | None, Query(max_length=64, description="class index or name for every image")] = None,
+                 invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
+    m = service.registry.get(model)
+    if m.kind != "vae":
+        raise UnsupportedOperation(f"{model} is a {m.kind}; only VAE models can encode images")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = await read_body_limited(request, settings.max_upload_bytes)
+    labels: list[str] = [] if label is None else [label]
+    if ctype == "multipart/form-data":
+        async with request.form(max_files=settings.max_images_per_request, max_fields=settings.max_images_per_request + 8) as form:
+            files = [f for f in form.getlist("file") if not isinstance(f, str)]
+            labels = labels or [v for v in form.getlist("label") if isinstance(v, str)]
+            blobs = [await f.read() for f in files]
+        if not blobs:
+            raise InvalidInput("multipart upload without a `file` part")
+    elif ctype.startswith("image/") or ctype == "application/octet-stream":
+        blobs = [body]
+    else:
+        raise UnsupportedMediaType(f"send an image body (Content-Type image/png, ...) or multipart/form-data with "
+                                   f"`file` parts, not {ctype or 'no Content-Type'}")
+    limit = settings.max_upload_pixels
+
+    def decode_all() -> np.ndarray:
+        return np.stack([imaging.decode_upload(b, limit, invert) for b in blobs])
+
+    pixels = await in_png_pool(request, decode_all)
+    parsed: list[int | str] = [int(v) if v.strip().isdigit() else v for v in labels]
+    spec = None if not parsed else (parsed[0] if len(parsed) == 1 else parsed)
+    if spec is None:
+        raise InvalidInput("label is required to encode with a class-conditional VAE (query ?label= or form field)")
+    try:
+        stats, ys = await unless_disconnected(request, service.encode(model, pixels, spec))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    latents = [{"mu": s[0].tolist(), "logvar": s[1].tolist(), "label": y} for s, y in zip(stats, ys)]
+    return JSONResponse({"model": model, "version": m.version, "latents": latents}, headers={"X-Model-Version": m.version})
+
+
+@router.post("/interpolate", summary="Frames between two latents: a strip PNG, an animated GIF or JSON",
+             responses={200: {"content": {"image/png": {}, "image/gif": {}, "application/json": {}}}, **ERRORS})
+async def interpolate(model: str, body: InterpolateRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    m = service.registry.get(model)
+    try:
+        images = await unless_disconnected(request, service.interpolate(
+            model, body.start, body.end, body.steps, body.method, body.label, body.truncation))
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    if body.format == "gif":
+        gif = await in_png_pool(request, imaging.gif_bytes, images.pixels, body.frame_ms, body.scale)
+        return Response(gif, media_type="image/gif", headers=_headers(model, m.version, images, None))
+    return await render(request, settings, model, m.version, m.classes, images, fmt=body.format,
+                        columns=body.steps, scale=body.scale, seed=None, include_latents=True)

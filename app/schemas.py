@@ -1,0 +1,132 @@
+"""Request and response models, named by role. Bounds that depend on settings (n, steps) are
+checked by the generation service; these bounds are the hard outer limits."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_SEED = 2**32 - 1
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Label = Annotated[int | str, Field(description="class index (0-9) or class name, case-insensitive", examples=[7, "Sneaker"])]
+Latent = Annotated[list[FiniteFloat], Field(min_length=1, max_length=4096)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageSpec(BaseModel):
+    channels: int
+    height: int
+    width: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    kind: Literal["gan", "vae"]
+    version: str
+    latent_dim: int
+    image: ImageSpec
+    classes: list[str]
+    metrics: dict
+    sha256: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class SampleRequest(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"n": 4, "seed": 7, "labels": "Sneaker", "truncation": 0.9, "format": "png", "columns": 4},
+        {"n": 2, "seed": 42, "labels": [0, "Bag"], "format": "json", "include_latents": True},
+    ]})
+    n: int = Field(1, ge=1, le=4096, description="number of images (capped by LATENTSERVE_MAX_IMAGES_PER_REQUEST)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="image i uses seed + i; absent = random, returned in X-Seed")
+    labels: Label | list[Label] | None = Field(None, description="one label for all, n labels, or absent = drawn from each image's seed")
+    truncation: float = Field(1.0, gt=0.0, le=1.0, description="keep the central `truncation` mass of the latent prior; 1 = off")
+    format: Literal["png", "json"] = "png"
+    columns: int = Field(8, ge=1, le=256, description="grid columns for png with n > 1")
+    scale: int = Field(1, ge=1, le=16, description="nearest-neighbour upscaling of png output")
+    include_latents: bool = Field(False, description="json only: add each image's latent")
+
+
+class DecodeRequest(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"latents": [[0.0] * 8], "labels": 3, "format": "png"},
+    ]})
+    latents: list[Latent] = Field(min_length=1, max_length=4096, description="one list of latent_dim finite floats per image")
+    labels: Label | list[Label] = Field(0, description="one label for all or one per latent")
+    format: Literal["png", "json"] = "png"
+    columns: int = Field(8, ge=1, le=256)
+    scale: int = Field(1, ge=1, le=16)
+
+
+class Endpoint(Strict):
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    latent: Latent | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Endpoint":
+        if (self.seed is None) == (self.latent is None):
+            raise ValueError("give exactly one of seed or latent")
+        return self
+
+
+class InterpolateRequest(Strict):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"start": {"seed": 1}, "end": {"seed": 2}, "steps": 8, "method": "slerp", "label": "Dress", "format": "gif"},
+    ]})
+    start: Endpoint
+    end: Endpoint
+    steps: int = Field(8, ge=2, le=1024, description="frames including both ends (capped by LATENTSERVE_MAX_INTERPOLATION_STEPS)")
+    method: Literal["slerp", "lerp"] = "slerp"
+    label: Label = 0
+    truncation: float = Field(1.0, gt=0.0, le=1.0, description="applied to seed endpoints")
+    format: Literal["png", "gif", "json"] = "png"
+    scale: int = Field(1, ge=1, le=16)
+    frame_ms: int = Field(100, ge=20, le=5000, description="gif frame duration")
+
+
+class ImageItem(BaseModel):
+    index: int
+    seed: int | None
+    label: int
+    label_name: str
+    png_base64: str
+    latent: list[float] | None = None
+
+
+class ImagesResponse(BaseModel):
+    model: str
+    version: str
+    seed: int | None
+    images: list[ImageItem]
+
+
+class LatentStats(BaseModel):
+    mu: list[float]
+    logvar: list[float]
+    label: int
+
+
+class EncodeResponse(BaseModel):
+    model: str
+    version: str
+    latents: list[LatentStats]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+    models: dict[str, str] = {}

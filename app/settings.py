@@ -1,0 +1,73 @@
+"""Service settings from the environment (prefix ``LATENTSERVE_``), validated at startup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "LATENTSERVE_"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    weights_dir: Path = DEFAULT_WEIGHTS_DIR
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list; empty = every gan/vae card in weights_dir")
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 = torch's default")
+    max_batch_rows: int = Field(64, ge=1, le=4096)
+    min_batch_rows: int = Field(8, ge=1, le=4096, description="smallest padded batch shape (see README: batch invariance)")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    max_queue_rows: int = Field(2048, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_images_per_request: int = Field(64, ge=1, le=4096)
+    max_interpolation_steps: int = Field(64, ge=2, le=1024)
+    max_upload_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(4096 * 4096, ge=28 * 28)
+    png_threads: int = Field(2, ge=1, le=64)
+    png_compress_level: int = Field(1, ge=0, le=9)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [m.strip() for m in v.split(",") if m.strip()]
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        v = v.strip().lower()
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.lower() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> "Settings":
+        if self.min_batch_rows > self.max_batch_rows:
+            raise ValueError(f"LATENTSERVE_MIN_BATCH_ROWS ({self.min_batch_rows}) must not exceed "
+                             f"LATENTSERVE_MAX_BATCH_ROWS ({self.max_batch_rows})")
+        return self
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad variable, named as the operator sets it."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
+        var = ENV_PREFIX + loc[0].upper() if loc else "settings"
+        lines.append(f"invalid setting {var}: {err.get('msg')}" + (f" (got {err['input']!r})" if loc else ""))
+    return "\n".join(lines)

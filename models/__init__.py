@@ -1,0 +1,1 @@
+"""latentserve models: PyTorch modules, data, training and evaluation (no web code)."""

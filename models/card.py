@@ -1,0 +1,133 @@
+"""Weights as safetensors plus a JSON model card that carries everything needed to rebuild the
+module. ``load_model`` is the one loader: it checks the sha256 of the weights file and that every
+tensor matches the module the card's config builds, and names the file in every error."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from models.classifier import Classifier, ClassifierConfig
+from models.data import CLASS_NAMES, IMAGE_SHAPE
+from models.gan import GANConfig, Generator
+from models.vae import VAE, VAEConfig
+
+CARD_SCHEMA = 1
+KINDS: dict[str, tuple[type, type[nn.Module]]] = {
+    "gan": (GANConfig, Generator),
+    "vae": (VAEConfig, VAE),
+    "classifier": (ClassifierConfig, Classifier),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A card or weights file cannot be used; the message names the file and the cause."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_module(kind: str, config: dict[str, Any]) -> nn.Module:
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; expected one of {sorted(KINDS)}")
+    config_cls, module_cls = KINDS[kind]
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = set(config) - names
+    if unknown:
+        raise ValueError(f"unknown {kind} config keys {sorted(unknown)}")
+    return module_cls(config_cls(**config))
+
+
+def save_model(module: nn.Module, *, name: str, kind: str, out_dir: str | Path, version: str = "1.0.0",
+               training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``<out_dir>/<name>.safetensors`` and ``<name>.json``; returns the card path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{name}.safetensors"
+    tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(tensors, str(weights), metadata={"name": name, "kind": kind, "version": version})
+    cfg = dataclasses.asdict(module.cfg)
+    card = {
+        "schema": CARD_SCHEMA,
+        "name": name,
+        "kind": kind,
+        "version": version,
+        "config": cfg,
+        "latent_dim": cfg.get("latent_dim"),
+        "classes": list(CLASS_NAMES),
+        "image": dict(zip(("channels", "height", "width"), IMAGE_SHAPE)),
+        "value_range": [-1.0, 1.0],
+        "weights_file": weights.name,
+        "sha256": sha256_file(weights),
+        "parameters": sum(p.numel() for p in module.parameters()),
+        "training": training or {},
+        "metrics": metrics or {},
+    }
+    card_path = out / f"{name}.json"
+    write_card(card_path, card)
+    return card_path
+
+
+def write_card(path: Path, card: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_card(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        card = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"{path}: model card not found") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: unreadable model card ({e})") from e
+    missing = [k for k in ("name", "kind", "version", "config", "weights_file", "sha256") if k not in card]
+    if not isinstance(card, dict) or missing:
+        raise ModelLoadError(f"{path}: model card lacks {missing}")
+    return card
+
+
+def load_model(card_path: str | Path, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> tuple[nn.Module, dict[str, Any]]:
+    """Card -> module in eval mode on ``device``, after checking sha256 and every tensor."""
+    card_path = Path(card_path)
+    card = read_card(card_path)
+    weights = card_path.parent / Path(card["weights_file"]).name  # never leave the card's folder
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights}: weights file not found (named by {card_path})")
+    digest = sha256_file(weights)
+    if digest != card["sha256"]:
+        raise ModelLoadError(f"{weights}: sha256 {digest[:16]}... does not match the card's {str(card['sha256'])[:16]}...")
+    try:
+        module = build_module(card["kind"], card["config"])
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{card_path}: cannot build the model from the card ({e})") from e
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"{weights}: not a valid safetensors file ({e})") from e
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(f"{weights}: tensors do not match the card's config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for key, t in tensors.items():
+        if t.shape != expected[key].shape:
+            raise ModelLoadError(f"{weights}: tensor {key} has shape {tuple(t.shape)}, the config needs {tuple(expected[key].shape)}")
+    module.load_state_dict(tensors, strict=True)
+    module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return module, card

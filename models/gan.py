@@ -1,0 +1,123 @@
+"""Class-conditional DCGAN-style GAN for 1x28x28 images in [-1, 1].
+
+Generator: (z, y) -> image, built from nearest-neighbour upsampling + 3x3 convolutions (no
+stride-2 transposed convs, which cause checkerboard artifacts: Odena et al., 2016,
+https://distill.pub/2016/deconv-checkerboard/) and *no BatchNorm*: PixelNorm (Karras et al.,
+2018, ProGAN) normalises each pixel's feature vector within its own row, so in eval mode a row's
+image depends only on its own (z, y), and an EMA copy of the weights needs no running stats.
+The label enters as an embedding concatenated to z and as a learned per-block bias.
+
+Discriminator: spectral-normalised convolutions (Miyato et al., 2018) with a projection head
+(Miyato & Koyama, 2018): D(x, y) = psi(phi(x)) + <embed(y), phi(x)>.
+
+Loss: the hinge version of the GAN game (Lim & Ye, 2017; used by SAGAN and BigGAN).
+The classic minimax objective is min_G max_D E[log D(x)] + E[log(1 - D(G(z)))]. With logits
+d = D(.), the hinge discriminator maximises E[min(0, -1 + d(x))] + E[min(0, -1 - d(G(z)))],
+i.e. it minimises ``d_hinge_loss``; the generator minimises -E[d(G(z))] (``g_hinge_loss``),
+which like the non-saturating -E[log sigmoid(d(G(z)))] gives strong gradients early in training
+instead of the saturating log(1 - D(G(z))). At the optimum of both games the generator's
+distribution equals the data distribution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils import spectral_norm
+
+
+@dataclass
+class GANConfig:
+    latent_dim: int = 64
+    num_classes: int = 10
+    g_channels: int = 128  # width of the 7x7 block; halves at each upsampling
+    d_channels: int = 64
+    embed_dim: int = 32
+    image_channels: int = 1
+
+
+class PixelNorm(nn.Module):
+    """Normalise every pixel's channel vector to unit RMS (per row, per position)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+
+
+class UpBlock(nn.Module):
+    """x2 nearest upsample -> 3x3 conv -> + class bias -> PixelNorm -> LeakyReLU."""
+
+    def __init__(self, c_in: int, c_out: int, num_classes: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.class_bias = nn.Embedding(num_classes, c_out)
+        nn.init.zeros_(self.class_bias.weight)
+        self.norm = PixelNorm()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")  # (B, c_in, 2H, 2W)
+        x = self.conv(x) + self.class_bias(y)[:, :, None, None]  # (B, c_out, 2H, 2W)
+        return F.leaky_relu(self.norm(x), 0.2)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.g_channels
+        self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim)
+        self.fc = nn.Linear(cfg.latent_dim + cfg.embed_dim, c * 7 * 7)
+        self.norm = PixelNorm()
+        self.up1 = UpBlock(c, c // 2, cfg.num_classes)  # 7 -> 14
+        self.up2 = UpBlock(c // 2, c // 4, cfg.num_classes)  # 14 -> 28
+        self.to_image = nn.Conv2d(c // 4, cfg.image_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """z: (B, latent_dim) float, y: (B,) int64 -> (B, 1, 28, 28) in [-1, 1]."""
+        h = torch.cat([z, self.embed(y)], dim=1)  # (B, latent_dim + embed_dim)
+        h = self.fc(h).view(-1, self.cfg.g_channels, 7, 7)  # (B, c, 7, 7)
+        h = F.leaky_relu(self.norm(h), 0.2)
+        h = self.up2(self.up1(h, y), y)  # (B, c/4, 28, 28)
+        return torch.tanh(self.to_image(h))
+
+    # The serving interface shared with the VAE.
+    def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.forward(z, y)
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: GANConfig):
+        super().__init__()
+        c = cfg.d_channels
+        self.body = nn.Sequential(
+            spectral_norm(nn.Conv2d(cfg.image_channels, c, 3, padding=1)),  # (B, c, 28, 28)
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(c, c * 2, 4, stride=2, padding=1)),  # (B, 2c, 14, 14)
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(c * 2, c * 4, 4, stride=2, padding=1)),  # (B, 4c, 7, 7)
+            nn.LeakyReLU(0.2),
+        )
+        self.head = spectral_norm(nn.Linear(c * 4, 1))
+        self.project = spectral_norm(nn.Embedding(cfg.num_classes, c * 4))
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, 28, 28), y: (B,) -> logits (B,)."""
+        phi = self.body(x).sum(dim=(2, 3))  # (B, 4c): global sum pooling
+        return self.head(phi).squeeze(1) + (self.project(y) * phi).sum(dim=1)
+
+
+def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - d_real).mean() + F.relu(1.0 + d_fake).mean()
+
+
+def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
+    return -d_fake.mean()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1.0 - decay)

@@ -1,0 +1,294 @@
+"""Train the GAN, the VAE or the evaluator classifier on Fashion-MNIST.
+
+    python -m models.train gan --epochs 6
+    python -m models.train vae --resume      # continue from runs/vae/checkpoint.pt
+
+Checkpoints (``<run-dir>/checkpoint.pt``, written every ``--checkpoint-every`` steps and at each
+epoch's end) hold the models, optimisers, RNG states and position in the epoch, so an
+interrupted run resumes where it stopped. They are read back with ``weights_only=True``. The
+final weights + card go to ``--out`` (default ``weights/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.card import save_model
+from models.classifier import Classifier, ClassifierConfig
+from models.data import CLASS_NAMES, load_split, to_tensors
+from models.gan import Discriminator, GANConfig, Generator, d_hinge_loss, ema_update, g_hinge_loss
+from models.images import save_grid
+from models.vae import VAE, VAEConfig, negative_elbo
+
+NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
+DEFAULTS = {  # kind -> (epochs, batch size, lr)
+    "gan": (6, 64, 2e-4),
+    "vae": (10, 128, 1e-3),
+    "classifier": (4, 128, 1e-3),
+}
+
+
+@dataclass
+class TrainConfig:
+    kind: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "weights"
+    run_dir: str = ""
+    name: str = ""
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    ema_decay: float = 0.999
+    threads: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or NAMES[self.kind]
+        self.run_dir = self.run_dir or os.path.join("runs", self.kind)
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+class Trainer:
+    """Holds the modules and optimisers of one kind and knows how to take one step."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)
+        adam = dict(lr=cfg.lr, betas=(0.0, 0.9)) if cfg.kind == "gan" else dict(lr=cfg.lr)
+        if cfg.kind == "gan":
+            mcfg = GANConfig(**cfg.model)
+            self.g, self.d = Generator(mcfg).to(device), Discriminator(mcfg).to(device)
+            self.ema = copy.deepcopy(self.g).requires_grad_(False)
+            self.opt_g = torch.optim.Adam(self.g.parameters(), **adam)
+            self.opt_d = torch.optim.Adam(self.d.parameters(), **{**adam, "lr": 2 * cfg.lr})  # TTUR
+        elif cfg.kind == "vae":
+            self.vae = VAE(VAEConfig(**cfg.model)).to(device)
+            self.opt = torch.optim.Adam(self.vae.parameters(), **adam)
+        else:
+            self.clf = Classifier(ClassifierConfig(**cfg.model)).to(device)
+            self.opt = torch.optim.Adam(self.clf.parameters(), **adam)
+        self.noise = torch.Generator().manual_seed(cfg.seed + 1)  # CPU stream for z / eps
+
+    # -- checkpoint state: only tensors, dicts, lists and numbers (weights_only-safe) --
+    def modules(self) -> dict[str, nn.Module]:
+        return {k: getattr(self, k) for k in ("g", "d", "ema", "vae", "clf") if hasattr(self, k)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {k: getattr(self, k) for k in ("opt_g", "opt_d", "opt") if hasattr(self, k)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+                "noise": self.noise.get_state(), "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.noise.set_state(state["noise"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.noise).to(self.device)
+
+    # -- one optimisation step; returns numbers for the progress bar --
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        return getattr(self, f"_step_{self.cfg.kind}")(x, y)
+
+    def _step_gan(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        x = x * 2.0 - 1.0  # [0, 1] -> [-1, 1]
+        fake = self.g(self.randn(len(x), self.g.cfg.latent_dim), y)
+        loss_d = d_hinge_loss(self.d(x, y), self.d(fake.detach(), y))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        loss_g = g_hinge_loss(self.d(fake, y))  # reuse fake: G's graph is still valid
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        ema_update(self.ema, self.g, self.cfg.ema_decay)
+        return {"d": loss_d.item(), "g": loss_g.item()}
+
+    def _step_vae(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        mu, logvar = self.vae.encode(x, y)
+        z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
+        rec, kl, loss = negative_elbo(self.vae.decode_logits(z, y), x, mu, logvar)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"rec": rec.item(), "kl": kl.item()}
+
+    def _step_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        loss = F.cross_entropy(self.clf(x * 2.0 - 1.0), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item()}
+
+    def set_train(self, train: bool) -> None:
+        for k, m in self.modules().items():
+            m.train(train and k != "ema")
+
+    def final_module(self) -> nn.Module:
+        return {"gan": getattr(self, "ema", None), "vae": getattr(self, "vae", None),
+                "classifier": getattr(self, "clf", None)}[self.cfg.kind]
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> None:
+        """One row per class, 10 columns, fixed latents."""
+        gen = self.final_module()
+        if self.cfg.kind == "classifier":
+            return
+        was_training = gen.training
+        gen.eval()
+        latent = gen.cfg.latent_dim
+        z = torch.randn(100, latent, generator=torch.Generator().manual_seed(1234)).to(self.device)
+        y = torch.arange(10, device=self.device).repeat_interleave(10)
+        save_grid(gen.generate(z, y), path, columns=10, scale=2)
+        gen.train(was_training)
+
+
+def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False,
+        progress: bool = True, max_steps: int | None = None) -> tuple[Trainer, dict[str, Any]]:
+    """Train on x: (N, 1, 28, 28) float in [0, 1], y: (N,) int64. Returns the trainer and a log."""
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    trainer = Trainer(cfg, device)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "checkpoint.pt"
+    epoch, pos, global_step, elapsed = 0, 0, 0, 0.0
+    history: list[dict[str, float]] = []
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        trainer.load_state_dict(state["trainer"])
+        epoch, pos, global_step, elapsed = state["epoch"], state["pos"], state["global_step"], state["elapsed"]
+        history = state["history"]
+        print(f"resumed from {ckpt_path}: epoch {epoch}, batch {pos}, step {global_step}", file=sys.stderr)
+
+    def save_checkpoint() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "pos": pos, "global_step": global_step,
+                    "elapsed": elapsed + time.perf_counter() - t0, "history": history}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    n = len(x)
+    steps_per_epoch = n // cfg.batch_size
+    t0 = time.perf_counter()
+    trainer.set_train(True)
+    while epoch < cfg.epochs:
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 10_000 + epoch))
+        bar = tqdm(range(pos, steps_per_epoch), desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}",
+                   initial=pos, total=steps_per_epoch, disable=not progress, leave=False)
+        sums: dict[str, float] = {}
+        steps_done = 0
+        for i in bar:
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            logs = trainer.step(x[idx].to(device), y[idx].to(device))
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            global_step, pos, steps_done = global_step + 1, i + 1, steps_done + 1
+            if global_step % 20 == 0:
+                bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+            if cfg.sample_every and global_step % cfg.sample_every == 0:
+                trainer.sample_grid(run_dir / f"samples_{global_step:06d}.png")
+            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
+                save_checkpoint()
+            if max_steps is not None and global_step >= max_steps:
+                break
+        history.append({"epoch": epoch + 1, **{k: round(v / max(1, steps_done), 5) for k, v in sums.items()}})
+        if progress:
+            print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items() if k != "epoch"),
+                  file=sys.stderr)
+        if max_steps is not None and global_step >= max_steps and pos < steps_per_epoch:
+            save_checkpoint()
+            break
+        epoch, pos = epoch + 1, 0
+        save_checkpoint()
+    trainer.set_train(False)
+    trainer.sample_grid(run_dir / "samples_final.png")
+    log = {"steps": global_step, "wall_time_s": round(elapsed + time.perf_counter() - t0, 1), "history": history}
+    return trainer, log
+
+
+@torch.no_grad()
+def classifier_accuracy(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    clf.eval()
+    correct = 0
+    for i in range(0, len(x), batch):
+        correct += (clf(x[i:i + batch] * 2.0 - 1.0).argmax(1) == y[i:i + batch]).sum().item()
+    return correct / len(x)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=sorted(NAMES), help="what to train")
+    p.add_argument("--epochs", type=int, help="passes over the 60k training images (default: per kind)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: per kind)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (GAN: G's; D uses twice this)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--out", default="weights", help="folder for <name>.safetensors + <name>.json")
+    p.add_argument("--run-dir", default="", help="checkpoints and sample grids (default runs/<kind>)")
+    p.add_argument("--data-dir", default=None, help="folder with the four Fashion-MNIST .gz IDX files")
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint.pt")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
+    args = p.parse_args(argv)
+    epochs, batch, lr = DEFAULTS[args.kind]
+    cfg = TrainConfig(kind=args.kind, epochs=args.epochs or epochs, batch_size=args.batch_size or batch,
+                      lr=args.lr or lr, seed=args.seed, device=str(pick_device(args.device)), out=args.out,
+                      run_dir=args.run_dir, threads=args.threads, checkpoint_every=args.checkpoint_every,
+                      sample_every=args.sample_every)
+    train = load_split("train", args.data_dir)
+    x, y = to_tensors(train, (0.0, 1.0))
+    trainer, log = run(cfg, x, y, resume=args.resume)
+    module = trainer.final_module()
+    metrics: dict[str, Any] = {}
+    if args.kind == "classifier":
+        tx, ty = to_tensors(load_split("test", args.data_dir), (0.0, 1.0))
+        metrics["test_accuracy"] = round(classifier_accuracy(module, tx.to(cfg.device), ty.to(cfg.device)), 4)
+        print(f"test accuracy: {metrics['test_accuracy']:.4f}", file=sys.stderr)
+    training = {
+        "data": "Fashion-MNIST train split (60,000 images), Debian dataset-fashion-mnist",
+        "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
+        "optimizer": "Adam(betas=(0.0, 0.9)), D lr = 2x G lr, hinge loss, EMA of G" if args.kind == "gan" else "Adam",
+        "ema_decay": cfg.ema_decay if args.kind == "gan" else None,
+        "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
+        "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],
+        "history": log["history"], "command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "classes": list(CLASS_NAMES),
+    }
+    card = save_model(module, name=cfg.name, kind=args.kind, out_dir=cfg.out, training=training, metrics=metrics)
+    print(f"wrote {card} ({log['wall_time_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
