@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 MAX_SEED = 2**32 - 1
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Label = Annotated[int | str, Field(description="class index (0-9) or class name, case-insensitive", examples=[7, "Sneaker"])]
+Label = Annotated[StrictInt | StrictStr, Field(description="class index (0-9) or class name, case-insensitive", examples=[7, "Sneaker"])]
 Latent = Annotated[list[FiniteFloat], Field(min_length=1, max_length=4096)]
 
 

@@ -96,9 +96,13 @@ def read_card(path: str | Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path}: model card not found") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ModelLoadError(f"{path}: unreadable model card ({e})") from e
+    if not isinstance(card, dict):
+        raise ModelLoadError(f"{path}: a model card must be a JSON object")
     missing = [k for k in ("name", "kind", "version", "config", "weights_file", "sha256") if k not in card]
-    if not isinstance(card, dict) or missing:
+    if missing:
         raise ModelLoadError(f"{path}: model card lacks {missing}")
+    if not isinstance(card["weights_file"], str) or not isinstance(card["config"], dict):
+        raise ModelLoadError(f"{path}: weights_file must be a string and config an object")
     return card
 
 

@@ -27,6 +27,7 @@ class Classifier(nn.Module):
 
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
+        self.cfg = cfg
         c = cfg.channels
         self.body = nn.Sequential(
             conv_bn(cfg.image_channels, c), conv_bn(c, c), nn.MaxPool2d(2),  # (B, c, 14, 14)

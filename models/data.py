@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def read_idx(path: Path, expect_magic: int, expect_dims: tuple[int | None, ...] 
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({e}); the file is corrupt, reinstall it: {INSTALL_HINT}") from e
     if len(raw) < 4:
         raise DataError(f"{path}: truncated header ({len(raw)} bytes); {INSTALL_HINT}")

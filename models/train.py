@@ -183,17 +183,21 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
     ckpt_path = run_dir / "checkpoint.pt"
     epoch, pos, global_step, elapsed = 0, 0, 0, 0.0
     history: list[dict[str, float]] = []
+    sums: dict[str, float] = {}  # running loss sums of the current epoch
+    steps_done = 0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         trainer.load_state_dict(state["trainer"])
         epoch, pos, global_step, elapsed = state["epoch"], state["pos"], state["global_step"], state["elapsed"]
         history = state["history"]
+        sums, steps_done = state.get("epoch_sums", {}), state.get("epoch_steps", 0)
         print(f"resumed from {ckpt_path}: epoch {epoch}, batch {pos}, step {global_step}", file=sys.stderr)
 
     def save_checkpoint() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "pos": pos, "global_step": global_step,
-                    "elapsed": elapsed + time.perf_counter() - t0, "history": history}, tmp)
+                    "elapsed": elapsed + time.perf_counter() - t0, "history": history,
+                    "epoch_sums": sums, "epoch_steps": steps_done}, tmp)
         os.replace(tmp, ckpt_path)
 
     n = len(x)
@@ -204,8 +208,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 10_000 + epoch))
         bar = tqdm(range(pos, steps_per_epoch), desc=f"{cfg.kind} epoch {epoch + 1}/{cfg.epochs}",
                    initial=pos, total=steps_per_epoch, disable=not progress, leave=False)
-        sums: dict[str, float] = {}
-        steps_done = 0
+        stop = False
         for i in bar:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             logs = trainer.step(x[idx].to(device), y[idx].to(device))
@@ -219,16 +222,17 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                 save_checkpoint()
             if max_steps is not None and global_step >= max_steps:
+                stop = True
                 break
-        history.append({"epoch": epoch + 1, **{k: round(v / max(1, steps_done), 5) for k, v in sums.items()}})
-        if progress:
-            print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items() if k != "epoch"),
-                  file=sys.stderr)
-        if max_steps is not None and global_step >= max_steps and pos < steps_per_epoch:
-            save_checkpoint()
-            break
-        epoch, pos = epoch + 1, 0
+        if pos >= steps_per_epoch:  # the epoch is complete
+            history.append({"epoch": epoch + 1, **{k: round(v / max(1, steps_done), 5) for k, v in sums.items()}})
+            if progress:
+                print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items() if k != "epoch"),
+                      file=sys.stderr)
+            epoch, pos, sums, steps_done = epoch + 1, 0, {}, 0
         save_checkpoint()
+        if stop:
+            break
     trainer.set_train(False)
     trainer.sample_grid(run_dir / "samples_final.png")
     log = {"steps": global_step, "wall_time_s": round(elapsed + time.perf_counter() - t0, 1), "history": history}

@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny randomly initialised models saved as real cards, and an app with its
+lifespan run, reached through httpx's ASGI transport."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from app.main import create_app
+from app.settings import Settings
+from models.card import save_model
+from models.gan import GANConfig, Generator
+from models.vae import VAE, VAEConfig
+
+GAN_LATENT, VAE_LATENT = 8, 4
+
+
+def write_tiny_models(folder: Path) -> Path:
+    torch.manual_seed(0)
+    save_model(Generator(GANConfig(g_channels=16, latent_dim=GAN_LATENT, embed_dim=4)), name="tiny-gan", kind="gan", out_dir=folder)
+    save_model(VAE(VAEConfig(latent_dim=VAE_LATENT, channels=8, hidden=32)), name="tiny-vae", kind="vae", out_dir=folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_models(tmp_path_factory.mktemp("weights"))
+
+
+@contextlib.asynccontextmanager
+async def running_app(settings: Settings, wait_ready: bool = True) -> AsyncIterator[tuple[object, httpx.AsyncClient]]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            if wait_ready:
+                for _ in range(600):
+                    if app.state.ready:
+                        break
+                    await asyncio.sleep(0.01)
+                assert app.state.ready, app.state.fatal
+            yield app, client
+
+
+@pytest.fixture
+def app_factory(tiny_weights: Path) -> Callable[..., contextlib.AbstractAsyncContextManager]:
+    def make(wait_ready: bool = True, **overrides: object):
+        settings = Settings(weights_dir=tiny_weights, **{"max_wait_ms": 0, **overrides})
+        return running_app(settings, wait_ready)
+    return make
+
+
+@pytest.fixture
+async def client(app_factory) -> AsyncIterator[httpx.AsyncClient]:
+    async with app_factory() as (_, c):
+        yield c
+
+
+@pytest.fixture
+async def app_client(app_factory):
+    async with app_factory() as pair:
+        yield pair

@@ -1,0 +1,190 @@
+"""models.train: losses fall on learnable synthetic data, GAN steps run, checkpoints resume
+exactly, max_steps is honoured, and the CLI works end to end on synthetic IDX files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.card import load_model
+from models.data import FILES, write_idx
+from models.gan import GANConfig, Generator
+from models.train import TrainConfig, main, run
+
+SMALL = {
+    "classifier": dict(channels=4, features=16),
+    "vae": dict(channels=4, hidden=32, latent_dim=4),
+    "gan": dict(g_channels=16, d_channels=4, latent_dim=8, embed_dim=4),
+}
+BATCH = 32
+N = 256  # 8 steps per epoch
+
+
+def patterns(n=N, seed=0):
+    """(n, 1, 28, 28) in [0, 1]: class c is a bright horizontal band at rows 2c+4..2c+5 on faint noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 10
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.1
+    for c in range(10):
+        x[y == c, 0, 2 * c + 4:2 * c + 6, :] = 0.9
+    return x, y
+
+
+def config(kind, run_dir, epochs=3, lr=3e-3, **kw):
+    return TrainConfig(kind=kind, epochs=epochs, batch_size=BATCH, lr=lr, seed=0, run_dir=str(run_dir),
+                       out=str(run_dir / "out"), sample_every=0, checkpoint_every=0, model=SMALL[kind], **kw)
+
+
+def states(trainer):
+    return {f"{m}.{k}": v.clone() for m, mod in trainer.modules().items() for k, v in mod.state_dict().items()}
+
+
+# -- learning --
+
+@pytest.mark.parametrize("kind, loss_of", [
+    ("classifier", lambda h: h["loss"]),
+    ("vae", lambda h: h["rec"] + h["kl"]),  # the negative ELBO
+])
+def test_loss_decreases(tmp_path, kind, loss_of):
+    """Three epochs on class-dependent bands: the epoch-mean loss falls every epoch, by a clear margin."""
+    x, y = patterns()
+    trainer, log = run(config(kind, tmp_path), x, y, progress=False)
+    history = log["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert log["steps"] == 3 * N // BATCH
+    losses = [loss_of(h) for h in history]
+    assert losses[0] > losses[1] > losses[2]
+    assert losses[-1] < 0.8 * losses[0]
+    assert not trainer.final_module().training  # left in eval mode
+
+
+def test_classifier_learns_the_bands(tmp_path):
+    """After training, the classifier labels held-out band images mostly correctly."""
+    x, y = patterns()
+    trainer, _ = run(config("classifier", tmp_path, epochs=3), x, y, progress=False)
+    tx, ty = patterns(100, seed=1)
+    with torch.no_grad():
+        acc = (trainer.clf(tx * 2 - 1).argmax(1) == ty).float().mean().item()
+    assert acc >= 0.8
+
+
+def test_gan_steps_run_and_update_ema(tmp_path):
+    """A few GAN steps give finite D and G losses, move G and its EMA, and write a sample grid."""
+    x, y = patterns(64)
+    cfg = config("gan", tmp_path, epochs=2, ema_decay=0.9)
+    torch.manual_seed(0)
+    initial = Generator(GANConfig(**SMALL["gan"])).state_dict()  # same seed -> Trainer's initial G
+    trainer, log = run(cfg, x, y, progress=False)
+    assert log["steps"] == 4
+    for h in log["history"]:
+        assert np.isfinite(h["d"]) and np.isfinite(h["g"])
+    ema = trainer.ema.state_dict()
+    assert any(not torch.equal(ema[k], initial[k]) for k in initial)
+    g = trainer.g.state_dict()
+    assert any(not torch.equal(ema[k], g[k]) for k in g)  # an average, not a copy of G
+    assert not any(p.requires_grad for p in trainer.ema.parameters())
+    assert trainer.final_module() is trainer.ema
+    with Image.open(tmp_path / "samples_final.png") as img:  # 10 x 10 grid of 28 px tiles, pad 2, scale 2
+        assert img.size == (2 * (10 * 30 + 2), 2 * (10 * 30 + 2)) and img.mode == "L"
+
+
+# -- resume --
+
+@pytest.mark.parametrize("kind, stop", [("classifier", 5), ("vae", 11), ("gan", 3)])
+def test_resume_matches_uninterrupted_run(tmp_path, kind, stop):
+    """Stopping after `stop` steps (mid-epoch) and resuming ends with exactly the weights,
+    optimiser-driven updates and RNG use of an uninterrupted run with the same seed."""
+    x, y = patterns(128)  # 4 steps per epoch
+    full, full_log = run(config(kind, tmp_path / "full", epochs=3), x, y, progress=False)
+
+    cfg = config(kind, tmp_path / "split", epochs=3)
+    _, part_log = run(cfg, x, y, progress=False, max_steps=stop)
+    assert part_log["steps"] == stop
+    ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == stop and ckpt["epoch"] == stop // 4 and ckpt["pos"] == stop % 4
+
+    resumed, log = run(cfg, x, y, progress=False, resume=True)
+    assert log["steps"] == full_log["steps"] == 12
+    want, got = states(full), states(resumed)
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+
+
+def test_resume_history_matches_uninterrupted_run(tmp_path):
+    """The per-epoch history after an interrupted+resumed run is the uninterrupted run's:
+    one entry per epoch, with the epoch's mean loss over all its steps."""
+    x, y = patterns(128)
+    _, full_log = run(config("classifier", tmp_path / "full", epochs=2), x, y, progress=False)
+    cfg = config("classifier", tmp_path / "split", epochs=2)
+    run(cfg, x, y, progress=False, max_steps=2)
+    _, log = run(cfg, x, y, progress=False, resume=True)
+    assert [h["epoch"] for h in log["history"]] == [1, 2]
+    for got, want in zip(log["history"], full_log["history"]):
+        assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path):
+    x, y = patterns(64)
+    _, log = run(config("vae", tmp_path, epochs=1), x, y, progress=False, resume=True)
+    assert log["steps"] == 2 and len(log["history"]) == 1
+
+
+def test_checkpoint_every_writes_mid_epoch(tmp_path):
+    """checkpoint_every=3 writes a checkpoint at step 3 (mid-epoch); its position is recorded."""
+    x, y = patterns(128)
+    cfg = config("vae", tmp_path, epochs=1)
+    cfg.checkpoint_every = 3
+    run(cfg, x, y, progress=False, max_steps=3)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["pos"], ckpt["global_step"]) == (0, 3, 3)
+
+
+def test_max_steps_at_epoch_boundary(tmp_path):
+    """max_steps equal to a whole number of epochs stops there: no extra step into the next epoch."""
+    x, y = patterns(128)  # 4 steps per epoch
+    _, log = run(config("vae", tmp_path, epochs=3), x, y, progress=False, max_steps=4)
+    assert log["steps"] == 4
+    assert [h["epoch"] for h in log["history"]] == [1]
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["global_step"] == 4
+
+
+# -- CLI --
+
+def test_help_mentions_resume(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "--data-dir" in out
+
+
+def write_fashion(root, n_train=64, n_test=20):
+    """Synthetic Fashion-MNIST-named IDX files made of the band patterns."""
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = patterns(n, seed)
+        write_idx(root / FILES[split][0], (x[:, 0] * 255).round().numpy().astype(np.uint8))
+        write_idx(root / FILES[split][1], y.numpy().astype(np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["classifier", "vae"])
+def test_cli_trains_and_writes_card(tmp_path, kind):
+    """`python -m models.train KIND` on synthetic files writes loadable weights and a card."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_fashion(data)
+    out = tmp_path / "weights"
+    rc = main([kind, "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--data-dir", str(data),
+               "--out", str(out), "--run-dir", str(tmp_path / "run"), "--sample-every", "0"])
+    assert rc == 0
+    name = f"fashion-{kind}"
+    card = json.loads((out / f"{name}.json").read_text())
+    assert card["kind"] == kind
+    assert card["training"]["steps"] == 2 and card["training"]["epochs"] == 1
+    if kind == "classifier":
+        assert 0.0 <= card["metrics"]["test_accuracy"] <= 1.0
+    module, _ = load_model(out / f"{name}.json")
+    assert not module.training
