@@ -4,6 +4,7 @@ line naming the file and the cause), then serve with uvicorn."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from pydantic import ValidationError
@@ -45,6 +46,9 @@ def main() -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, lifespan="on", proxy_headers=False, server_header=False)
     server = uvicorn.Server(config)
+    # uvicorn handles SIGTERM (graceful shutdown), then re-raises it to the handler it found when
+    # it started; this no-op one lets a clean drain end with exit status 0, as orchestrators expect.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run()
     if app.state.fatal:

@@ -1,0 +1,34 @@
+# latentserve: CPU image by default.
+#   docker build -t latentserve .
+#   docker run --rm -p 127.0.0.1:8000:8000 latentserve
+# CUDA build: a CUDA wheel of torch instead of the CPU one (run with --gpus all):
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t latentserve:cuda .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG TORCH_SPEC="torch==2.13.0"
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python3 -m venv /opt/venv
+WORKDIR /srv/latentserve
+# dependencies first, so code changes do not reinstall torch
+COPY pyproject.toml README.md ./
+RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
+COPY app ./app
+COPY models ./models
+RUN pip install --no-cache-dir . && rm -rf build *.egg-info
+COPY weights ./weights
+
+RUN useradd --system --no-create-home --uid 10001 latentserve && chmod -R a+rX /srv/latentserve
+USER 10001
+ENV LATENTSERVE_HOST=0.0.0.0 \
+    LATENTSERVE_PORT=8000 \
+    LATENTSERVE_WEIGHTS_DIR=/srv/latentserve/weights
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('LATENTSERVE_PORT', '8000'), timeout=2)"]
+ENTRYPOINT ["latentserve"]
