@@ -85,6 +85,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._accepting = False
         self._in_flight = 0  # rows in the running forward pass
+        self._in_flight_jobs: list[Job] = []
         # counters read by tests, metrics and benchmarks
         self.batches_run = 0
         self.rows_run = 0
@@ -120,6 +121,7 @@ class Batcher:
 
     async def stop(self) -> None:
         self._accepting = False
+        in_flight = list(self._in_flight_jobs)  # the worker clears this as it is cancelled
         if self._task is not None:
             self._task.cancel()
             try:
@@ -127,9 +129,10 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        while self._queue:
-            job = self._queue.popleft()
+        for job in [*in_flight, *self._queue]:
             self._fail(job, NotReady("the service is shutting down"), "failed")
+        self._queue.clear()
+        self._in_flight_jobs = []
 
     # -- the client side --
     def submit(self, inputs: Sequence[torch.Tensor], timeout_s: float) -> Job:
@@ -228,14 +231,23 @@ class Batcher:
             if not batch:
                 continue
             busy = True
-            await self._run(batch, rows, loop)
+            try:
+                await self._run(batch, rows, loop)
+            except Exception as e:  # never let one bad batch stop the worker
+                log.error("batch of %s failed outside the forward pass: %r", self.name, e,
+                          exc_info=(type(e), e, e.__traceback__))
+                for job in {id(j): j for j, _, _ in batch}.values():
+                    self._fail(job, BatchFailed(f"the batch failed on model {self.name}"), "failed")
+            finally:
+                self._in_flight, self._in_flight_jobs = 0, []
 
     async def _run(self, batch: list[tuple[Job, int, int]], rows: int, loop: asyncio.AbstractEventLoop) -> None:
         self.last_batch_id += 1
         batch_id = self.last_batch_id
+        self._in_flight = rows
+        self._in_flight_jobs = [job for job, _, _ in batch]
         n_inputs = len(batch[0][0].inputs)
         inputs = [torch.cat([job.inputs[k][s:s + c] for job, s, c in batch]) for k in range(n_inputs)]
-        self._in_flight = rows
         t0 = time.perf_counter()
         try:
             out = await loop.run_in_executor(self.executor, self.run_batch, *inputs)
@@ -246,8 +258,8 @@ class Batcher:
                 self._fail(job, BatchFailed(f"the forward pass failed on model {self.name}"), "failed")
             self.metrics.rows(self.name, "failed", rows)
             return
-        finally:
-            self._in_flight = 0
+        if len(out) != rows:
+            raise RuntimeError(f"run_batch returned {len(out)} rows for {rows}")
         seconds = time.perf_counter() - t0
         self.batches_run += 1
         self.rows_run += rows

@@ -62,6 +62,7 @@ def decode_upload(data: bytes, max_pixels: int, invert: bool = False) -> np.ndar
             if getattr(img, "n_frames", 1) > 1:
                 raise InvalidInput("animated images are not supported: send one still image")
             img.load()
+            img = ImageOps.exif_transpose(img)  # a malformed EXIF block raises here, not later
     except (PayloadTooLarge, InvalidInput):
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -70,7 +71,6 @@ def decode_upload(data: bytes, max_pixels: int, invert: bool = False) -> np.ndar
         raise PayloadTooLarge("image dimensions are too large") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InvalidInput(f"the image is truncated or corrupt ({type(e).__name__})") from None
-    img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") else max(1.0, float(arr.max()))

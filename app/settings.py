@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         if self.min_batch_rows > self.max_batch_rows:
             raise ValueError(f"LATENTSERVE_MIN_BATCH_ROWS ({self.min_batch_rows}) must not exceed "
                              f"LATENTSERVE_MAX_BATCH_ROWS ({self.max_batch_rows})")
+        if self.max_images_per_request > self.max_queue_rows:
+            raise ValueError(f"LATENTSERVE_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
+                             f"LATENTSERVE_MAX_QUEUE_ROWS ({self.max_queue_rows}): such a request could never be queued")
         return self
 
 
@@ -68,6 +71,8 @@ def describe_errors(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err.get("loc", ()) if p != "__root__"]
-        var = ENV_PREFIX + loc[0].upper() if loc else "settings"
-        lines.append(f"invalid setting {var}: {err.get('msg')}" + (f" (got {err['input']!r})" if loc else ""))
+        if loc:
+            lines.append(f"invalid setting {ENV_PREFIX + loc[0].upper()}: {err.get('msg')} (got {err['input']!r})")
+        else:
+            lines.append(f"invalid settings: {str(err.get('msg')).removeprefix('Value error, ')}")
     return "\n".join(lines)
