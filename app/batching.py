@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -90,6 +91,7 @@ class Batcher:
         self.batches_run = 0
         self.rows_run = 0
         self.last_batch_id = 0
+        self._rows_per_s = 0.0  # moving average of forward-pass throughput, for Retry-After
 
     # -- lifecycle --
     @property
@@ -146,7 +148,7 @@ class Batcher:
         if self._queued_rows + n > self.max_queue_rows:
             self.metrics.rows(self.name, "rejected", n)
             raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued; "
-                            f"{n} more would exceed the bound of {self.max_queue_rows}")
+                            f"{n} more would exceed the bound of {self.max_queue_rows}", self.retry_after_s())
         loop = asyncio.get_running_loop()
         job = Job(tuple(inputs), n, loop.time() + timeout_s, loop.create_future())
         self._queue.append(job)
@@ -154,6 +156,12 @@ class Batcher:
         self.metrics.queue_rows(self.name, self._queued_rows)
         self._wakeup.set()
         return job
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queue has likely drained, from the measured rows/s (1 to 60)."""
+        if self._rows_per_s <= 0:
+            return 1
+        return max(1, min(60, math.ceil((self._queued_rows + self._in_flight) / self._rows_per_s)))
 
     async def result(self, job: Job) -> np.ndarray:
         """The job's outputs, (n, ...). Raises DeadlineExceeded at the deadline; on cancellation
@@ -261,6 +269,8 @@ class Batcher:
         if len(out) != rows:
             raise RuntimeError(f"run_batch returned {len(out)} rows for {rows}")
         seconds = time.perf_counter() - t0
+        rate = rows / max(seconds, 1e-6)
+        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
         self.batches_run += 1
         self.rows_run += rows
         self.metrics.batch(self.name, rows, seconds)

@@ -55,7 +55,8 @@ class SampleRequest(Strict):
 
 class DecodeRequest(Strict):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"latents": [[0.0] * 8], "labels": 3, "format": "png"},
+        # fashion-vae's latent_dim is 16 (fashion-gan's 64): the all-zero latent is the prior's mean
+        {"latents": [[0.0] * 16], "labels": "Dress", "format": "png", "scale": 4},
     ]})
     latents: list[Latent] = Field(min_length=1, max_length=4096, description="one list of latent_dim finite floats per image")
     labels: Label | list[Label] = Field(0, description="one label for all or one per latent")
