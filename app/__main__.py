@@ -3,23 +3,10 @@ line naming the file and the cause), then serve with uvicorn."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
 from pydantic import ValidationError
-
-
-def configure_logging(level: str) -> None:
-    from app.middleware import RequestIdFilter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
-    handler.addFilter(RequestIdFilter())
-    root = logging.getLogger("latentserve")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 def main() -> int:
@@ -30,7 +17,9 @@ def main() -> int:
     except ValidationError as e:
         print(describe_errors(e), file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     import uvicorn
 
     from app.main import create_app
@@ -42,10 +31,23 @@ def main() -> int:
     except ModelLoadError as e:
         print(f"latentserve: cannot load models: {e}", file=sys.stderr)
         return 1
-    app = create_app(settings, registry)
+    try:
+        app = create_app(settings, registry)
+    except ValueError as e:  # e.g. an unreadable API keys file
+        print(f"latentserve: {e}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, lifespan="on", proxy_headers=False, server_header=False)
-    server = uvicorn.Server(config)
+                            access_log=False, lifespan="on", proxy_headers=False, server_header=False,
+                            root_path=settings.root_path, timeout_graceful_shutdown=settings.drain_timeout_s,
+                            log_config=None)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            app.state.draining = True  # readiness is 503 from the first moment of a shutdown
+            app.state.metrics.ready.set(0)
+            super().handle_exit(sig, frame)
+
+    server = DrainingServer(config)
     # uvicorn handles SIGTERM (graceful shutdown), then re-raises it to the handler it found when
     # it started; this no-op one lets a clean drain end with exit status 0, as orchestrators expect.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

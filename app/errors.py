@@ -56,6 +56,8 @@ async def service_error_handler(request: Request, exc: ex.ServiceError) -> JSONR
     if status >= 500 and status != 503 and status != 504:
         return _internal(request, exc)
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ex.QueueFull) else None
+    if isinstance(exc, ex.NotReady) and getattr(request.app.state, "draining", False):
+        headers = {"Connection": "close"}  # send the client to another replica
     return error_response(status, code, exc.message, headers)
 
 

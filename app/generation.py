@@ -24,6 +24,7 @@ class Images:
     labels: list[int]
     seeds: list[int] | None  # per image, when made from seeds
     latents: np.ndarray | None  # (n, latent_dim) float32
+    batch_ids: list[int]  # the forward passes that made the rows (for access logs)
 
 
 def resolve_label(model: ServedModel, label: int | str) -> int:
@@ -79,9 +80,10 @@ class GenerationService:
     def random_seed() -> int:
         return secrets.randbits(31)
 
-    async def _generate(self, model: ServedModel, z: torch.Tensor, y: list[int]) -> np.ndarray:
-        return await self.generators[model.name].run(
-            (z, torch.tensor(y, dtype=torch.long)), self.settings.request_timeout_s)
+    async def _generate(self, model: ServedModel, z: torch.Tensor, y: list[int]) -> tuple[np.ndarray, list[int]]:
+        batcher = self.generators[model.name]
+        job = batcher.submit((z, torch.tensor(y, dtype=torch.long)), self.settings.request_timeout_s)
+        return await batcher.result(job), job.batch_ids
 
     async def sample(self, name: str, n: int, seed: int | None, labels, truncation: float) -> Images:
         model = self.registry.get(name)
@@ -94,8 +96,8 @@ class GenerationService:
             z[i], label = seeded_latent(seed + i, model.latent_dim, len(model.classes), truncation)
             drawn.append(label)
         y = resolved if resolved is not None else drawn
-        pixels = await self._generate(model, z, y)
-        return Images(pixels, y, [seed + i for i in range(n)], z.numpy())
+        pixels, batches = await self._generate(model, z, y)
+        return Images(pixels, y, [seed + i for i in range(n)], z.numpy(), batches)
 
     def _latent_tensor(self, model: ServedModel, latents: list[list[float]]) -> torch.Tensor:
         for i, lat in enumerate(latents):
@@ -111,8 +113,8 @@ class GenerationService:
         self._check_n(len(latents), "latents")
         z = self._latent_tensor(model, latents)
         y = resolve_labels(model, labels, len(latents))
-        pixels = await self._generate(model, z, y)
-        return Images(pixels, y, None, z.numpy())
+        pixels, batches = await self._generate(model, z, y)
+        return Images(pixels, y, None, z.numpy(), batches)
 
     async def encode(self, name: str, images: np.ndarray, labels) -> tuple[np.ndarray, list[int]]:
         """images: (n, 28, 28) float32 in [0, 1] -> ((n, 2, latent_dim) mu/logvar, labels)."""
@@ -142,6 +144,6 @@ class GenerationService:
         t = torch.linspace(0.0, 1.0, steps)
         z = (slerp if method == "slerp" else lerp)(ends[0], ends[1], t).float().contiguous()
         y = [resolve_label(model, label)] * steps
-        pixels = await self._generate(model, z, y)
-        return Images(pixels, y, None, z.numpy())
+        pixels, batches = await self._generate(model, z, y)
+        return Images(pixels, y, None, z.numpy(), batches)
 

@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
+from app.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.generation import GenerationService
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
@@ -21,7 +23,6 @@ from app.routes import generation, health, models
 from app.settings import Settings
 
 log = logging.getLogger("latentserve")
-DRAIN_TIMEOUT_S = 30.0
 
 
 async def _warm_up(app: FastAPI, registry: Registry, executor: ThreadPoolExecutor) -> None:
@@ -63,7 +64,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             state.ready = False
             metrics.ready.set(0)
             warm.cancel()
-            await asyncio.gather(*(b.drain(DRAIN_TIMEOUT_S) for b in service.batchers))
+            await asyncio.gather(*(b.drain(settings.drain_timeout_s) for b in service.batchers))
             forward_executor.shutdown(wait=True)
             state.png_executor.shutdown(wait=True)
 
@@ -79,5 +80,15 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(generation.router)
+    # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys
+    keys = settings.all_api_keys()
+    if keys:
+        app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.protect_metrics)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "If-None-Match"],
+                           expose_headers=["X-Seed", "X-Model-Version", "X-Labels", "X-Request-ID", "ETag", "Retry-After"],
+                           max_age=600)
+    app.add_middleware(ProxyHeadersMiddleware, trusted=settings.forwarded_allow_ips)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

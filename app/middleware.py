@@ -66,7 +66,8 @@ class RequestContextMiddleware:
             template = getattr(route, "path", None) or "unmatched"
             self.metrics.request(scope["method"], template, status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000.0,
-                                extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                       "latency_ms": round(elapsed * 1000.0, 2)})
+                extra = {"method": scope["method"], "path": scope["path"], "status": status,
+                         "latency_ms": round(elapsed * 1000.0, 2), "client": (scope.get("client") or ("-",))[0]}
+                extra.update(scope["state"].get("log", {}))  # model, rows, batch ids from the route
+                access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000.0, extra=extra)
             request_id_var.reset(token)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LATENTSERVE_"
@@ -34,10 +34,21 @@ class Settings(BaseSettings):
     png_threads: int = Field(2, ge=1, le=64)
     png_compress_level: int = Field(1, ge=0, le=9)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    drain_timeout_s: float = Field(25.0, ge=0, le=3600, description="on SIGTERM, how long accepted work may take to finish")
+    # behind a gateway
+    root_path: str = Field("", pattern=r"^(/[A-Za-z0-9._~-]+)*$", description="path prefix the gateway strips")
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"], description="proxies whose X-Forwarded-* headers are trusted; * = any")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="allowed browser origins; none by default")
+    # access control
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list, description="comma list; empty = no keys needed")
+    api_keys_file: Path | None = Field(None, description="one key per line (# comments); added to api_keys")
+    protect_metrics: bool = False
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "forwarded_allow_ips", "cors_origins", "api_keys", mode="before")
     @classmethod
-    def _split_models(cls, v: object) -> object:
+    def _split_list(cls, v: object) -> object:
         if isinstance(v, str):
             return [m.strip() for m in v.split(",") if m.strip()]
         return v
@@ -64,6 +75,17 @@ class Settings(BaseSettings):
             raise ValueError(f"LATENTSERVE_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
                              f"LATENTSERVE_MAX_QUEUE_ROWS ({self.max_queue_rows}): such a request could never be queued")
         return self
+
+    def all_api_keys(self) -> list[str]:
+        """Keys from API_KEYS and API_KEYS_FILE (read at startup; the file is not logged)."""
+        keys = [k.get_secret_value() for k in self.api_keys]
+        if self.api_keys_file is not None:
+            try:
+                text = Path(self.api_keys_file).read_text()
+            except OSError as e:
+                raise ValueError(f"LATENTSERVE_API_KEYS_FILE: cannot read {self.api_keys_file} ({e.strerror})") from None
+            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        return [k for k in keys if k]
 
 
 def describe_errors(exc: ValidationError) -> str:

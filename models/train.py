@@ -36,7 +36,7 @@ from models.vae import VAE, VAEConfig, negative_elbo
 
 NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
 DEFAULTS = {  # kind -> (epochs, batch size, lr)
-    "gan": (6, 64, 2e-4),
+    "gan": (5, 64, 2e-4),
     "vae": (10, 128, 1e-3),
     "classifier": (4, 128, 1e-3),
 }

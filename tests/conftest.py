@@ -40,9 +40,8 @@ async def running_app(settings: Settings, wait_ready: bool = True) -> AsyncItera
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             if wait_ready:
-                for _ in range(600):
-                    if app.state.ready:
-                        break
+                deadline = asyncio.get_running_loop().time() + 60
+                while not app.state.ready and not app.state.fatal and asyncio.get_running_loop().time() < deadline:
                     await asyncio.sleep(0.01)
                 assert app.state.ready, app.state.fatal
             yield app, client

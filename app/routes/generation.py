@@ -79,6 +79,7 @@ async def render(request: Request, settings: Settings, model_name: str, version:
                  images: Images, *, fmt: str, columns: int, scale: int, seed: int | None,
                  include_latents: bool = False, headers: dict[str, str] | None = None) -> Response:
     level = settings.png_compress_level
+    request.state.log = {"model": model_name, "rows": len(images.pixels), "batch": images.batch_ids}
     hdrs = {**_headers(model_name, version, images, seed), **(headers or {})}
     if fmt == "png":
         body = await in_png_pool(request, imaging.grid_png_bytes, images.pixels, columns, scale, level)
@@ -230,6 +231,7 @@ async def interpolate(model: str, body: InterpolateRequest, request: Request, se
             model, body.start, body.end, body.steps, body.method, body.label, body.truncation))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
+    request.state.log = {"model": model, "rows": len(images.pixels), "batch": images.batch_ids}
     if body.format == "gif":
         gif = await in_png_pool(request, imaging.gif_bytes, images.pixels, body.frame_ms, body.scale)
         return Response(gif, media_type="image/gif", headers=_headers(model, m.version, images, None))

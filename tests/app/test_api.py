@@ -291,7 +291,7 @@ def block_forward(app, model: str = "tiny-gan") -> tuple[threading.Event, thread
 
 
 async def test_queue_full_gives_429_and_service_recovers(app_factory):
-    async with app_factory(max_queue_rows=8, max_batch_rows=8) as (app, client):
+    async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8) as (app, client):
         release, entered, _ = block_forward(app)
         first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 8, "seed": 1}))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)

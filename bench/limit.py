@@ -1,0 +1,104 @@
+"""The in-process limit: no HTTP, no event loop, no queue. Images per second of the server's own
+forward path (Registry.from_settings -> ServedModel.generate_rows, padded to bucket shapes) and
+of that plus PNG encoding (app.imaging.png_bytes, one image at a time, in the same thread), at a
+range of batch sizes. Each number is the median of `repeats` timed windows of `seconds` each."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from app.imaging import png_bytes
+from app.registry import Registry, ServedModel
+from app.settings import Settings
+
+BATCH_SIZES = (1, 8, 32, 64, 128, 256)
+
+
+def load(weights_dir: Path, model: str, device: str, torch_threads: int, max_rows: int = 256) -> ServedModel:
+    """The served model as latentserve builds it, with every power of two up to max_rows a bucket
+    (min_batch_rows=1), so a batch of B runs as a pass of exactly B rows. Every field that matters
+    is given here, so no LATENTSERVE_* variable of this environment changes it."""
+    settings = Settings(weights_dir=weights_dir, models=[model], device=device, dtype="float32",
+                        torch_threads=torch_threads, min_batch_rows=1, max_batch_rows=max_rows)
+    registry = Registry.from_settings(settings)
+    registry.warm_up()
+    return registry.get(model)
+
+
+def _rate(fn: Callable[[], None], images: int, seconds: float, repeats: int) -> tuple[float, list[float]]:
+    """Median images/s over `repeats` windows; each window calls fn until `seconds` have passed."""
+    fn()  # not timed
+    rates = []
+    for _ in range(repeats):
+        calls, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= seconds:
+                break
+        rates.append(images * calls / elapsed)
+    return statistics.median(rates), rates
+
+
+def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, repeats: int = 3,
+            png_level: int = 1, server_min_rows: int = 8, log: Callable[[str], None] = print) -> dict:
+    g = torch.Generator().manual_seed(0)
+    classes = len(model.classes)
+    rows = []
+    for b in batch_sizes:
+        z = torch.randn(b, model.latent_dim, generator=g)
+        y = torch.arange(b) % classes
+        pixels = model.generate_rows(z, y)
+
+        def forward() -> None:
+            model.generate_rows(z, y)
+
+        def forward_png() -> None:
+            for p in model.generate_rows(z, y):
+                png_bytes(p, 1, png_level)
+
+        def png_only() -> None:
+            for p in pixels:
+                png_bytes(p, 1, png_level)
+
+        fwd, fwd_runs = _rate(forward, b, seconds, repeats)
+        full, full_runs = _rate(forward_png, b, seconds, repeats)
+        png, _ = _rate(png_only, b, min(seconds, 0.5), repeats)
+        rows.append({"batch": b, "forward_img_per_s": fwd, "forward_png_img_per_s": full,
+                     "forward_ms_per_pass": 1e3 * b / fwd, "forward_png_ms_per_pass": 1e3 * b / full,
+                     "png_us_per_image": 1e6 / png, "runs_forward": fwd_runs, "runs_forward_png": full_runs})
+        log(f"  limit batch {b:>3}: forward {fwd:9.1f} img/s   forward+png {full:9.1f} img/s")
+
+    # What latentserve does for a lone one-image request: a pass padded to its smallest bucket.
+    z1 = torch.randn(server_min_rows, model.latent_dim, generator=g)
+    y1 = torch.arange(server_min_rows) % classes
+
+    def lone_request() -> None:
+        png_bytes(model.generate_rows(z1, y1)[0], 1, png_level)
+
+    lone, _ = _rate(lone_request, 1, seconds, repeats)
+    single = {"padded_rows": server_min_rows, "forward_png_ms": 1e3 / lone}
+    log(f"  limit 1 image padded to {server_min_rows} rows: {1e3 / lone:.3f} ms")
+    return {"batch_sizes": rows, "single_padded": single, "seconds_per_repeat": seconds, "repeats": repeats,
+            "png_compress_level": png_level, "torch_threads": torch.get_num_threads()}
+
+
+def interpolate(rows: list[dict], key: str, batch: float) -> tuple[float, int]:
+    """`key` at a (fractional) batch size: linear in log2(batch) between the measured sizes around
+    it, clamped at the ends. Also returns the nearest measured size (in log2 distance)."""
+    pts = sorted((r["batch"], r[key]) for r in rows)
+    nearest = min(pts, key=lambda p: abs(math.log2(p[0]) - math.log2(max(batch, 1e-9))))[0]
+    if batch <= pts[0][0]:
+        return pts[0][1], nearest
+    for (b0, v0), (b1, v1) in zip(pts, pts[1:]):
+        if b0 <= batch <= b1:
+            t = (math.log2(batch) - math.log2(b0)) / (math.log2(b1) - math.log2(b0))
+            return v0 + t * (v1 - v0), nearest
+    return pts[-1][1], nearest

@@ -1,0 +1,221 @@
+"""Results -> the ratios that answer "is batching worth it, and what does the service cost?", and
+the Markdown report (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from bench.limit import interpolate
+
+RATIO_LOAD = "c64"
+
+
+def _cell(results: dict, server: str, load: str) -> dict | None:
+    cell = results["servers"].get(server, {}).get("cells", {}).get(load)
+    return cell["median"] if cell else None
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _versus(results: dict, other: str, load: str = RATIO_LOAD) -> dict | None:
+    ls, ot = _cell(results, "latentserve", load), _cell(results, other, load)
+    if not ls or not ot:
+        return None
+    return {"load": load, "latentserve_img_per_s": ls["img_per_s"], f"{other}_img_per_s": ot["img_per_s"],
+            "throughput_ratio": _div(ls["img_per_s"], ot["img_per_s"]),
+            "latentserve_p99_ms": ls["p99_ms"], f"{other}_p99_ms": ot["p99_ms"],
+            "p99_ratio": _div(ls["p99_ms"], ot["p99_ms"])}
+
+
+def ratios(results: dict, server_min_rows: int) -> dict:
+    out: dict = {"batching_on_vs_off": _versus(results, "latentserve-nobatch"),
+                 "latentserve_vs_litserve": _versus(results, "litserve"),
+                 "latentserve_vs_baseline": _versus(results, "baseline"),
+                 "share_of_limit": None, "single_image_latency": None}
+    limit = results.get("limit")
+    ls64 = _cell(results, "latentserve", RATIO_LOAD)
+    if limit and ls64 and ls64.get("mean_batch_rows"):
+        rows = ls64["mean_batch_rows"]
+        at_rows, nearest = interpolate(limit["batch_sizes"], "forward_png_img_per_s", rows)
+        at_nearest = next(r["forward_png_img_per_s"] for r in limit["batch_sizes"] if r["batch"] == nearest)
+        out["share_of_limit"] = {
+            "load": RATIO_LOAD, "mean_batch_rows": rows, "img_per_s": ls64["img_per_s"],
+            "limit_img_per_s_interpolated": at_rows, "pct_of_interpolated": 100 * ls64["img_per_s"] / at_rows,
+            "nearest_batch": nearest, "limit_img_per_s_nearest": at_nearest,
+            "pct_of_nearest": 100 * ls64["img_per_s"] / at_nearest,
+            "best_limit_img_per_s": max(r["forward_png_img_per_s"] for r in limit["batch_sizes"]),
+        }
+    ls1, base1 = _cell(results, "latentserve", "c1"), _cell(results, "baseline", "c1")
+    b1 = next((r for r in (limit or {}).get("batch_sizes", []) if r["batch"] == 1), None)
+    if b1 and ls1 and base1:
+        single = b1["forward_png_ms_per_pass"]
+        padded = limit["single_padded"]["forward_png_ms"]
+        overhead = base1["p50_ms"] - single
+        expected = padded + overhead
+        out["single_image_latency"] = {
+            "inprocess_batch1_ms": single, "inprocess_padded_ms": padded, "padded_rows": server_min_rows,
+            "baseline_c1_p50_ms": base1["p50_ms"], "baseline_http_overhead_ms": overhead,
+            "expected_ms": expected, "latentserve_c1_p50_ms": ls1["p50_ms"],
+            "excess_ms": ls1["p50_ms"] - expected, "ratio": _div(ls1["p50_ms"], expected),
+        }
+    return out
+
+
+# -- Markdown --
+def _f(x: float | None, digits: int = 1) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}"
+
+
+def _load_label(cell: dict) -> str:
+    ld = cell["load"]
+    return f"c={ld['concurrency']}" + (f", n={ld['n']}" if ld["n"] != 1 else "")
+
+
+def servers_table(results: dict) -> str:
+    lines = ["| server | load | req/s | img/s | p50 ms | p95 ms | p99 ms | mean batch rows | non-2xx | wrk CPU | server CPU |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, srv in results["servers"].items():
+        for cell in srv["cells"].values():
+            m = cell["median"]
+            bad = "" if m["valid"] else " **(invalid)**"
+            lines.append(f"| {srv['title']} | {_load_label(cell)} | {_f(m['req_per_s'])} | {_f(m['img_per_s'])} | "
+                         f"{_f(m['p50_ms'], 2)} | {_f(m['p95_ms'], 2)} | {_f(m['p99_ms'], 2)} | "
+                         f"{_f(m.get('mean_batch_rows'))} | {m['non_2xx']}{bad} | {_f(m['wrk_cpu_pct'], 0)}% | "
+                         f"{_f(m['server_cpu_pct'], 0)}% |")
+    return "\n".join(lines)
+
+
+def _limit_table(limit: dict) -> str:
+    lines = ["| batch | forward img/s | forward ms/pass | forward + PNG img/s | forward + PNG ms/pass | PNG µs/image |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in limit["batch_sizes"]:
+        lines.append(f"| {r['batch']} | {_f(r['forward_img_per_s'])} | {_f(r['forward_ms_per_pass'], 3)} | "
+                     f"{_f(r['forward_png_img_per_s'])} | {_f(r['forward_png_ms_per_pass'], 3)} | {_f(r['png_us_per_image'])} |")
+    return "\n".join(lines)
+
+
+def _memory_table(results: dict) -> str:
+    lines = ["| server | processes | RSS idle, main process (MiB) | RSS after the loads, main (MiB) | RSS after, all processes (MiB) | CPU while idle |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for srv in results["servers"].values():
+        idle, after = srv.get("memory_idle"), srv.get("memory_after")
+        if not idle or not after:
+            continue
+        lines.append(f"| {srv['title']} | {after['processes']} | {_f(idle['main_kb'] / 1024)} | "
+                     f"{_f(after['main_kb'] / 1024)} | {_f(after['tree_kb'] / 1024)} | {_f(srv.get('idle_cpu_pct'), 0)}% |")
+    return "\n".join(lines)
+
+
+def _ratios_md(r: dict) -> list[str]:
+    out = []
+    names = {"batching_on_vs_off": ("Batching on / off", "latentserve-nobatch"),
+             "latentserve_vs_litserve": ("latentserve / LitServe", "litserve"),
+             "latentserve_vs_baseline": ("latentserve / plain FastAPI", "baseline")}
+    rows = []
+    for key, (title, other) in names.items():
+        v = r.get(key)
+        if v:
+            rows.append(f"| {title} | {_f(v['latentserve_img_per_s'])} / {_f(v[f'{other}_img_per_s'])} = "
+                        f"**{_f(v['throughput_ratio'], 2)}x** | {_f(v['latentserve_p99_ms'], 2)} / "
+                        f"{_f(v[f'{other}_p99_ms'], 2)} ms = **{_f(v['p99_ratio'], 2)}x** |")
+        else:
+            rows.append(f"| {title} | n/a | n/a |")
+    out += [f"At concurrency 64, one image per request. Throughput ratio > 1: latentserve serves more; "
+            f"p99 ratio < 1: latentserve answers faster.", "",
+            "| comparison | img/s ratio | p99 ratio |", "|---|---:|---:|", *rows, ""]
+    s = r.get("share_of_limit")
+    if s:
+        out += [f"**Share of the in-process limit.** At c=64 latentserve formed forward passes of "
+                f"{_f(s['mean_batch_rows'])} rows on average (padded to the next power of two). The in-process "
+                f"forward + PNG rate at that batch size (interpolated in log2 of the batch size) is "
+                f"{_f(s['limit_img_per_s_interpolated'])} img/s; latentserve's {_f(s['img_per_s'])} img/s is "
+                f"**{_f(s['pct_of_interpolated'])}%** of it ({_f(s['pct_of_nearest'])}% of the nearest measured size, "
+                f"{s['nearest_batch']}: {_f(s['limit_img_per_s_nearest'])} img/s). The best in-process rate at any "
+                f"batch size is {_f(s['best_limit_img_per_s'])} img/s.", ""]
+    else:
+        out += ["**Share of the in-process limit:** n/a (needs the limit and latentserve at c=64).", ""]
+    c = r.get("single_image_latency")
+    if c:
+        out += ["**One image, no concurrency (c=1).** The plain FastAPI server's HTTP overhead is its c=1 p50 minus "
+                "the in-process time of one image (batch of 1, forward + PNG). latentserve runs a lone image in a "
+                f"pass padded to {c['padded_rows']} rows, so its expected p50 is that padded in-process time plus "
+                "the same HTTP overhead; the rest is what the batcher, the event loop hops and the middleware add.", "",
+                "| quantity | ms |", "|---|---:|",
+                f"| in-process, batch 1, forward + PNG | {_f(c['inprocess_batch1_ms'], 3)} |",
+                f"| in-process, 1 image in a pass of {c['padded_rows']} rows, forward + PNG | {_f(c['inprocess_padded_ms'], 3)} |",
+                f"| plain FastAPI c=1 p50 | {_f(c['baseline_c1_p50_ms'], 3)} |",
+                f"| = HTTP overhead (FastAPI p50 - in-process batch 1) | {_f(c['baseline_http_overhead_ms'], 3)} |",
+                f"| expected latentserve p50 (padded in-process + HTTP overhead) | {_f(c['expected_ms'], 3)} |",
+                f"| **latentserve c=1 p50** | **{_f(c['latentserve_c1_p50_ms'], 3)}** |",
+                f"| excess over expected | {_f(c['excess_ms'], 3)} ({_f(c['ratio'], 2)}x expected) |", ""]
+    else:
+        out += ["**One image at c=1:** n/a (needs the limit, latentserve and the plain FastAPI server at c=1).", ""]
+    return out
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    cores = f"{m['cpu_count']} logical CPUs" + (f" ({m['cpus_allowed']} allowed)" if m["cpus_allowed"] != m["cpu_count"] else "")
+    device = m["device"] + (f" ({m['cuda_device']})" if m.get("cuda_device") else "")
+    pk = m["packages"]
+    out = ["# Benchmarks", ""]
+    busy = float(m["loadavg_start"][0]) >= 0.5 * m["cpus_allowed"]
+    if busy:
+        out += [f"> **The machine was busy** (load average {m['loadavg_start'][0]} at the start on "
+                f"{m['cpus_allowed']} CPUs): other work shared the cores, so these numbers understate every "
+                "server and are noisy. With several torch threads on contended cores a forward pass can take "
+                "many times longer (a parallel region waits for its slowest thread).", ""]
+    if m["quick"]:
+        out += ["> **Quick smoke run** (`--quick`): one short run per cell. These numbers only show that the "
+                "harness works; run `python -m bench.run` for real ones.", ""]
+    out += [
+        f"latentserve against its in-process limit, against itself with batching off, against a plain FastAPI "
+        f"server and against LitServe, on the same weights (`{m['model']}`), measured in one run by "
+        f"`bench/run.py`. Every server runs alone, as one worker (LitServe: one inference worker and one API "
+        f"server process), with the same number of torch threads ({m['torch_threads']}), on 127.0.0.1.", "",
+        "## Machine and run", "",
+        f"- **Date:** {m['date']}",
+        f"- **Command:** `{m['command']}`" + (" (run under `nice -n 19`)" if m.get("niceness") else ""),
+        f"- **CPU:** {m['cpu_model']}, {cores}, {m['memory_gib']} GiB RAM; device: {device}",
+        f"- **Load average at start / end:** {' '.join(m['loadavg_start'])} / {' '.join(m.get('loadavg_end', []))}"
+        " (anything else running on the machine skews every number)",
+        f"- **Software:** Python {m['python']}, torch {m['torch']}, FastAPI {pk.get('fastapi')}, uvicorn "
+        f"{pk.get('uvicorn')} (uvloop {pk.get('uvloop') or 'absent'}, httptools {pk.get('httptools') or 'absent'}), "
+        f"LitServe {pk.get('litserve') or 'absent'}, Pillow {pk.get('pillow')}; {m['wrk']}",
+        f"- **Code:** commit {m['git_commit']}{' with local changes' if m['git_dirty'] else ''}; weights "
+        f"`{m['weights_dir']}`",
+        f"- **Method:** wrk, closed loop, {m['wrk_threads']} thread(s), a new seed per request "
+        f"(`bench/samples.lua`); per cell {m['warmup_s']:g} s of uncounted warm-up, then the median of "
+        f"{m['runs']} run(s) of {m['duration_s']:g} s. Latency percentiles are wrk's. In-process limit: median "
+        f"of {m['runs']} window(s) of {m['limit_seconds']:g} s per batch size.", "",
+    ]
+    if results.get("limit"):
+        out += ["## The limit: in process, no HTTP", "",
+                "`Registry.from_settings` -> `ServedModel.generate_rows` (the server's forward path, every size a "
+                "bucket) and `app.imaging.png_bytes` per image, one thread calling; no latent sampling, no HTTP, no "
+                "queue. In the server, PNG encoding runs in its own threads, overlapping the next forward pass.", "",
+                _limit_table(results["limit"]), ""]
+    out += ["## Servers", "",
+            "Single-image requests `POST /v1/models/{model}/samples` with `{\"n\": 1, \"seed\": s}` at "
+            "concurrency (c) 1, 8, 64 and 256, and 16-image requests (a 16-image grid PNG) at c=16. "
+            "img/s counts images in 200 answers. *Mean batch rows*: rows per forward pass actually formed "
+            "(latentserve: `latentserve_batch_rows` sum/count deltas from `/metrics`; LitServe: counted in "
+            "`predict`; plain FastAPI: n, one pass per request). *non-2xx*: answers with status >= 400 summed "
+            "over the runs (wrk's count; none of these routes redirect); a cell is valid only at 0. *wrk CPU* / "
+            "*server CPU*: CPU time over wall time, in % of one core, of wrk and of the server's processes.", "",
+            servers_table(results), ""]
+    notes = [f"- **{s['title']}**: {s['notes']}" + (f"; settings {', '.join(f'`{k}={v}`' for k, v in s['settings'].items())}"
+             if s["settings"] else "") for s in results["servers"].values()]
+    out += notes + [""]
+    failed = [(s["title"], s["error"]) for s in results["servers"].values() if s.get("error")]
+    for title, error in failed:
+        out += [f"**{title} failed:**", "", "```", error.strip()[-1500:], "```", ""]
+    out += ["## Memory", "", "Resident set (VmRSS) with only the benchmarked model loaded: idle after start-up "
+            "and warm-up, before any load, and after all loads; and the CPU the server's processes use while "
+            "nobody sends anything (% of one core, over 1 s).", "", _memory_table(results), ""]
+    out += ["## Ratios", "", *_ratios_md(results["ratios"])]
+    out += ["Raw numbers, every run of every cell, and the machine details: the JSON file written next to this "
+            "report by the same command (default `bench/results.json`).", ""]
+    return "\n".join(out)

@@ -1,0 +1,284 @@
+"""Benchmark latentserve against its limit and its alternatives, side by side, on the same weights:
+
+1. the in-process limit (bench/limit.py): forward pass, and forward + PNG, per batch size;
+2. latentserve (`python -m app`) with its default batching;
+3. latentserve with batching off (MAX_BATCH_ROWS=1, MIN_BATCH_ROWS=1);
+4. a plain FastAPI server (bench/baseline_fastapi.py), one forward pass per request;
+5. LitServe (bench/litserve_server.py) with its own batching.
+
+Every server runs alone (one at a time), one worker, the same torch threads, on 127.0.0.1, and
+gets the same closed-loop loads from wrk (bench/loadgen.py). Writes everything to a JSON file and
+a Markdown report (bench/report.py).
+
+    nice -n 19 python -m bench.run                       # the full run (about 12 minutes)
+    nice -n 19 python -m bench.run --quick               # a smoke test: 1 run of 2 s per cell
+    python -m bench.run --weights-dir /tmp/w --model tiny-gan --loads c1,c64 --servers latentserve,litserve
+
+Processes started here inherit this one's niceness: on a shared machine run it under nice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench import loadgen, report, servers
+from bench.loadgen import LOADS, Load
+
+REPO = servers.REPO
+SERVER_NAMES = ("latentserve", "latentserve-nobatch", "baseline", "litserve")
+SUMMED = ("non_2xx", "socket_errors", "requests")
+FULL = {"duration": 10.0, "runs": 3, "warmup": 1.0, "limit_seconds": 1.0}
+QUICK = {"duration": 2.0, "runs": 1, "warmup": 1.0, "limit_seconds": 0.2}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 run of ~2 s per cell, short limit windows")
+    p.add_argument("--duration", type=float, help="seconds per measured wrk run (default 10; quick: 2; whole seconds)")
+    p.add_argument("--runs", type=int, help="measured runs per cell, the median is reported (default 3; quick: 1)")
+    p.add_argument("--warmup", type=float, help="seconds of uncounted load before each cell (default 1)")
+    p.add_argument("--limit-seconds", type=float, help="seconds per timed window of the in-process limit (default 1; quick: 0.2)")
+    p.add_argument("--weights-dir", type=Path, default=REPO / "weights", help="folder with <model>.json + .safetensors (default: weights/)")
+    p.add_argument("--model", default="fashion-gan", help="model card name (default: fashion-gan)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ... for every server")
+    p.add_argument("--torch-threads", type=int, default=0, help="intra-op threads for every server and the limit (default: torch's default here)")
+    p.add_argument("--loads", default=",".join(ld.name for ld in LOADS),
+                   help=f"comma list of loads (default: all of {', '.join(ld.name for ld in LOADS)})")
+    p.add_argument("--servers", default=",".join(SERVER_NAMES), help=f"comma list (default: all of {', '.join(SERVER_NAMES)})")
+    p.add_argument("--no-limit", action="store_true", help="skip the in-process limit")
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: the client must not take the server's cores)")
+    p.add_argument("--litserve-batch-timeout", type=float, default=0.005, help="LitServe batch_timeout in seconds (default 0.005)")
+    p.add_argument("--litserve-max-batch-size", type=int, default=64, help="LitServe max_batch_size (default 64)")
+    p.add_argument("--out-json", type=Path, default=REPO / "bench" / "results.json")
+    p.add_argument("--out-md", type=Path, default=REPO / "docs" / "benchmarks.md")
+    p.add_argument("--log-dir", type=Path, help="where server logs go (default: a new temporary folder)")
+    args = p.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    by_name = {ld.name: ld for ld in LOADS}
+    try:
+        args.load_list = [by_name[name.strip()] for name in args.loads.split(",") if name.strip()]
+    except KeyError as e:
+        p.error(f"unknown load {e}; known: {', '.join(by_name)}")
+    args.server_list = [s.strip() for s in args.servers.split(",") if s.strip()]
+    unknown = set(args.server_list) - set(SERVER_NAMES)
+    if unknown:
+        p.error(f"unknown servers {sorted(unknown)}; known: {', '.join(SERVER_NAMES)}")
+    if args.runs < 1 or args.duration < 1:
+        p.error("--runs must be >= 1 and --duration >= 1 (wrk runs whole seconds)")
+    return args
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _git(*cmd: str) -> str | None:
+    try:
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        return None
+
+
+def machine_info(args: argparse.Namespace, argv: list[str], wrk: str, device: str) -> dict:
+    import torch
+
+    mem_kb = next((int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                   if ln.startswith("MemTotal:")), 0)
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m bench.run" + ("" if not argv else " " + shlex.join(argv)),
+        "cpu_model": _cpu_model(), "cpu_count": os.cpu_count(), "cpus_allowed": len(os.sched_getaffinity(0)),
+        "memory_gib": round(mem_kb / 2**20, 1), "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+        "niceness": os.nice(0), "platform": platform.platform(), "python": platform.python_version(),
+        "device": device, "cuda_device": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "torch": torch.__version__, "torch_threads": args.torch_threads,
+        "packages": {d: _version(d) for d in ("fastapi", "uvicorn", "uvloop", "httptools", "litserve", "pillow", "numpy")},
+        "wrk": loadgen.wrk_version(wrk), "wrk_threads": args.wrk_threads,
+        "git_commit": _git("rev-parse", "--short", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
+        "weights_dir": str(args.weights_dir), "model": args.model,
+        "quick": args.quick, "duration_s": args.duration, "runs": args.runs, "warmup_s": args.warmup,
+        "limit_seconds": args.limit_seconds,
+    }
+
+
+def _median_of_runs(runs: list[dict]) -> dict:
+    """Each metric's median over the runs; error counts summed (a cell is valid only at 0)."""
+    out: dict = {}
+    for key, value in runs[0].items():
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if key in SUMMED:
+            out[key] = sum(values)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and values:
+            out[key] = statistics.median(values)
+    out["valid"] = out.get("non_2xx", 0) == 0 and out.get("socket_errors", 0) == 0
+    return out
+
+
+def idle_cpu(server: servers.Server, seconds: float = 1.0) -> float:
+    """CPU the server's processes use while nobody asks anything, in cores (LitServe polls)."""
+    c0 = server.cpu_seconds()
+    time.sleep(seconds)
+    return (server.cpu_seconds() - c0) / seconds
+
+
+def wait_idle(server: servers.Server, max_s: float = 15.0) -> None:
+    """Until the server's processes use less than 0.15 cores above their idle use over 0.2 s:
+    requests a previous run left behind (wrk drops its connections at the end; a threadpool keeps
+    working) must not count in the next one."""
+    threshold = 0.2 * (server.idle_cores + 0.15)
+    deadline = time.monotonic() + max_s
+    while time.monotonic() < deadline:
+        c0 = server.cpu_seconds()
+        time.sleep(0.2)
+        if server.cpu_seconds() - c0 < threshold:
+            return
+    log(f"  {server.spec.name} still busy after {max_s:.0f} s; going on")
+
+
+def measure_cell(server: servers.Server, load: Load, args: argparse.Namespace, wrk: str, seed_base: int) -> dict:
+    wait_idle(server)
+    loadgen.run_wrk(wrk, server.url, load, args.warmup, seed_base, args.wrk_threads)  # warm-up, not counted
+    runs = []
+    for i in range(args.runs):
+        wait_idle(server)
+        batches0, cpu0, t0 = server.batch_counters(), server.cpu_seconds(), time.perf_counter()
+        r = loadgen.run_wrk(wrk, server.url, load, args.duration, seed_base + (i + 1) * 10_000_000, args.wrk_threads)
+        wall, cpu1 = time.perf_counter() - t0, server.cpu_seconds()
+        wait_idle(server)  # let abandoned requests finish before reading the batch counters
+        batches1 = server.batch_counters()
+        r["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / wall
+        if batches0 is not None and batches1 is not None:
+            passes, rows = batches1[0] - batches0[0], batches1[1] - batches0[1]
+            r["forward_passes"] = passes
+            r["mean_batch_rows"] = rows / passes if passes else None
+        elif server.spec.name == "baseline":
+            r["mean_batch_rows"] = float(load.n)  # one pass per request, by construction
+        runs.append(r)
+    cell = {"load": {"concurrency": load.concurrency, "n": load.n}, "median": _median_of_runs(runs), "runs": runs}
+    m = cell["median"]
+    log(f"  {server.spec.name:>19} {load.name:>7}: {m['req_per_s']:8.1f} req/s {m['img_per_s']:8.1f} img/s "
+        f"p50 {m['p50_ms']:7.2f} p99 {m['p99_ms']:7.2f} ms  batch {m.get('mean_batch_rows') or 0:5.1f}  "
+        f"non-2xx {m['non_2xx']}  wrk {m['wrk_cpu_pct']:.0f}%  server {m['server_cpu_pct']:.0f}%")
+    return cell
+
+
+def bench_server(spec: servers.ServerSpec, port: int, args: argparse.Namespace, wrk: str, log_dir: Path, index: int) -> dict:
+    server = servers.Server(spec, port, log_dir)
+    log(f"starting {spec.name}: {' '.join(spec.argv)} (port {port})")
+    result: dict = {"title": spec.title, "settings": spec.settings, "notes": spec.notes, "cells": {}}
+    try:
+        server.start()
+        result["ready_s"] = server.wait_ready()
+        time.sleep(1.0)
+        server.idle_cores = idle_cpu(server)
+        result["idle_cpu_pct"] = 100 * server.idle_cores
+        result["memory_idle"] = server.memory()
+        for j, load in enumerate(args.load_list):
+            result["cells"][load.name] = measure_cell(server, load, args, wrk, seed_base=(index * 7 + j) * 100_000_000 % 2**30)
+        wait_idle(server)
+        result["memory_after"] = server.memory()
+    finally:
+        server.stop()
+    result["log"] = str(server.log_path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    wrk = loadgen.find_wrk()
+    card = args.weights_dir / f"{args.model}.json"
+    if not card.is_file():
+        raise SystemExit(f"{card} not found: pass --weights-dir and --model (train the model first, or write "
+                         f"tiny test models with tests.conftest.write_tiny_models and use --model tiny-gan)")
+    import torch
+
+    from app.registry import resolve_device
+    from app.settings import Settings
+
+    args.weights_dir = args.weights_dir.resolve()
+    args.torch_threads = args.torch_threads or torch.get_num_threads()
+    device = str(resolve_device(args.device))
+    results: dict = {"machine": machine_info(args, argv, wrk, device), "limit": None, "servers": {}}
+    log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="latentserve-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    server_min_rows = Settings.model_fields["min_batch_rows"].default
+    common = servers.Common(weights_dir=args.weights_dir, model=args.model, device=device, torch_threads=args.torch_threads)
+    log(f"benchmark of {args.model} on {device}, {args.torch_threads} torch threads; server logs in {log_dir}")
+
+    if not args.no_limit:
+        from bench import limit
+
+        log("in-process limit")
+        model = limit.load(args.weights_dir, args.model, device, args.torch_threads)
+        results["limit"] = limit.measure(model, seconds=args.limit_seconds, repeats=args.runs,
+                                         server_min_rows=server_min_rows, log=log)
+        del model
+
+    for i, name in enumerate(args.server_list):
+        port = servers.free_port()
+        spec = {"latentserve": lambda: servers.latentserve(common, port, batching=True),
+                "latentserve-nobatch": lambda: servers.latentserve(common, port, batching=False),
+                "baseline": lambda: servers.baseline(common, port),
+                "litserve": lambda: servers.litserve(common, port, log_dir / "litserve-stats.txt",
+                                                     args.litserve_max_batch_size, args.litserve_batch_timeout),
+                }[name]()
+        try:
+            results["servers"][name] = bench_server(spec, port, args, wrk, log_dir, i)
+        except RuntimeError as e:  # a server that fails does not cost the other results
+            log(f"{name} FAILED: {e}")
+            results["servers"][name] = {"title": spec.title, "settings": spec.settings, "notes": spec.notes,
+                                        "cells": {}, "error": str(e)[-2000:]}
+
+    results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    results["ratios"] = report.ratios(results, server_min_rows)
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.out_json.write_text(json.dumps(results, indent=2) + "\n")
+    args.out_md.parent.mkdir(parents=True, exist_ok=True)
+    args.out_md.write_text(report.markdown(results))
+    log(f"wrote {args.out_json} and {args.out_md}")
+    print(report.servers_table(results))
+    invalid = [f"{s}/{ld}" for s, r in results["servers"].items() for ld, c in r["cells"].items() if not c["median"]["valid"]]
+    failed = [s for s, r in results["servers"].items() if r.get("error")]
+    if invalid:
+        log(f"INVALID cells (non-2xx or socket errors): {', '.join(invalid)}")
+    if failed:
+        log(f"FAILED servers: {', '.join(failed)} (see the JSON file for the error)")
+    return 1 if invalid or failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

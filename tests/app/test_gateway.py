@@ -1,0 +1,92 @@
+"""Behind a gateway: API keys, CORS, proxy headers and path prefix, JSON access logs, drain."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from app.gateway import ApiKeyMiddleware
+from app.logs import JsonFormatter
+from app.middleware import RequestIdFilter
+
+GAN = "/v1/models/tiny-gan"
+
+
+async def test_api_keys_guard_everything_but_probes(app_factory):
+    async with app_factory(api_keys="k-one,k-two") as (_, client):
+        r = await client.post(f"{GAN}/samples", json={"seed": 1})
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert r.json()["error"]["code"] == "unauthorized"
+        assert (await client.post(f"{GAN}/samples", json={"seed": 1}, headers={"Authorization": "Bearer k-two"})).status_code == 200
+        assert (await client.post(f"{GAN}/samples", json={"seed": 1}, headers={"X-API-Key": "k-one"})).status_code == 200
+        assert (await client.get("/v1/models", headers={"Authorization": "Bearer k-three"})).status_code == 401
+        assert (await client.get("/v1/models", headers={"Authorization": "Basic k-one"})).status_code == 401
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_metrics_can_be_protected_and_keys_come_from_a_file(app_factory, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# operators\nfile-key\n\n")
+    async with app_factory(api_keys_file=keys, protect_metrics=True) as (_, client):
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers={"X-API-Key": "file-key"})).status_code == 200
+
+
+async def test_no_keys_means_open(client):
+    assert (await client.get("/v1/models")).status_code == 200
+
+
+def test_key_check_compares_with_every_key(monkeypatch):
+    import app.gateway as gateway
+
+    seen, original = [], gateway.hmac.compare_digest
+    monkeypatch.setattr(gateway.hmac, "compare_digest", lambda x, y: seen.append(y) or original(x, y))
+    mw = ApiKeyMiddleware(app=None, keys=["a" * 8, "b" * 8, "c" * 8])
+    assert mw._authorised({"headers": [(b"x-api-key", b"aaaaaaaa")]})
+    assert len(seen) == 3  # no early exit after the first key matched
+    assert not mw._authorised({"headers": [(b"x-api-key", b"aaaaaaab")]})
+
+
+async def test_cors_is_off_by_default_and_allows_configured_origins(app_factory):
+    async with app_factory() as (_, client):
+        r = await client.get("/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+    async with app_factory(cors_origins="https://ui.example") as (_, client):
+        r = await client.get("/v1/models", headers={"Origin": "https://ui.example"})
+        assert r.headers["access-control-allow-origin"] == "https://ui.example"
+        r = await client.options(f"{GAN}/samples", headers={"Origin": "https://ui.example",
+                                                             "Access-Control-Request-Method": "POST"})
+        assert r.status_code == 200
+        r = await client.get("/v1/models", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+async def test_forwarded_headers_only_from_trusted_proxies(app_factory):
+    # httpx's ASGI transport reports the client as 127.0.0.1, trusted by default
+    async with app_factory() as (_, client):
+        r = await client.get("/openapi.json", headers={"X-Forwarded-Prefix": "/gen"})
+        assert r.json().get("servers") == [{"url": "/gen"}]
+    async with app_factory(forwarded_allow_ips="10.0.0.0/8") as (_, client):
+        r = await client.get("/openapi.json", headers={"X-Forwarded-Prefix": "/gen"})
+        assert "servers" not in r.json()
+
+
+def test_json_log_lines_carry_request_id_and_access_fields():
+    record = logging.LogRecord("latentserve.access", logging.INFO, __file__, 1, "POST /x 200", (), None)
+    record.method, record.status, record.model, record.rows, record.batch = "POST", 200, "m", 4, [7]
+    RequestIdFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == "POST /x 200" and line["status"] == 200 and line["batch"] == [7]
+    assert line["request_id"] == "-" and line["level"] == "info" and line["time"].endswith("Z")
+
+
+async def test_draining_turns_readiness_off_and_refuses_new_work_with_connection_close(app_client):
+    app, client = app_client
+    app.state.draining = True
+    r = await client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "draining"
+    r = await client.post(f"{GAN}/samples", json={"seed": 1})
+    assert r.status_code == 503 and r.headers["connection"] == "close"
+    app.state.draining = False
