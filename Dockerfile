@@ -3,6 +3,7 @@
 #   docker run --rm -p 127.0.0.1:8000:8000 latentserve
 # CUDA build: a CUDA wheel of torch instead of the CPU one (run with --gpus all):
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t latentserve:cuda .
+# Air-gapped build: put the wheels in wheels/ (see wheels/README.md); nothing is then fetched.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
@@ -10,17 +11,28 @@ ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
 RUN python3 -m venv /opt/venv
 WORKDIR /srv/latentserve
 # dependencies first, so code changes do not reinstall torch
+COPY wheels/ /tmp/wheels/
+RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
+        pip install --no-cache-dir --no-index --find-links /tmp/wheels "${TORCH_SPEC}"; \
+    else \
+        pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"; \
+    fi
 COPY pyproject.toml README.md ./
-RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 COPY app ./app
 COPY models ./models
-RUN pip install --no-cache-dir . && rm -rf build *.egg-info
+RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
+        pip install --no-cache-dir --no-index --find-links /tmp/wheels .; \
+    else \
+        pip install --no-cache-dir .; \
+    fi \
+    && rm -rf build *.egg-info /tmp/wheels
 COPY weights ./weights
 
 RUN useradd --system --no-create-home --uid 10001 latentserve && chmod -R a+rX /srv/latentserve

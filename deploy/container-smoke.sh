@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Build the image with podman from a local base image and wheels downloaded on the host (an
+# air-gapped build), run it on 127.0.0.1, wait for readiness, fetch a PNG and the metrics, send
+# SIGTERM and check a clean exit. Takes minutes; not part of CI.
+#   bash deploy/container-smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BASE=${BASE_IMAGE:-localhost/python-base:3.11}
+TAG=${TAG:-localhost/latentserve:smoke}
+PORT=${PORT:-18000}
+PY=${PYTHON:-python3}
+
+bash ../shared/tools/podman-base-image.sh
+echo "== wheels for an offline build (host)"
+# the base image's python is Debian bookworm's 3.11, like the host's: wheels for the project, its
+# dependencies (torch pinned to the CPU build) and the build backend
+"$PY" -m pip wheel --quiet --wheel-dir wheels "torch==2.13.0" setuptools wheel .
+echo "== build (no network inside)"
+podman build --pull=never --network=none --build-arg BASE_IMAGE="$BASE" -t "$TAG" .
+echo "== run"
+CID=$(podman run -d --init -p 127.0.0.1:$PORT:8000 "$TAG")
+trap 'podman rm -f "$CID" >/dev/null 2>&1 || true' EXIT
+for i in $(seq 1 120); do
+    if curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then break; fi
+    sleep 1
+done
+curl -fsS "http://127.0.0.1:$PORT/readyz"; echo
+curl -fsS -o /tmp/smoke.png "http://127.0.0.1:$PORT/v1/models/fashion-gan/samples.png?seed=1&label=Bag"
+file /tmp/smoke.png | grep -q "PNG image data, 28 x 28" && echo "PNG ok"
+curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^latentserve_ready 1.0' && echo "metrics ok"
+[ "$(podman inspect -f '{{.Config.User}}' "$CID")" = "10001" ] && echo "non-root ok"
+podman kill --signal TERM "$CID" >/dev/null
+STATUS=$(podman wait "$CID")
+echo "exit status after SIGTERM: $STATUS"
+[ "$STATUS" = "0" ]
+echo "container smoke test passed"
