@@ -61,6 +61,7 @@ class Job:
     done: int = 0  # rows whose outputs are in ``result``
     dropped: bool = False
     batch_ids: list[int] = field(default_factory=list)
+    timer: asyncio.TimerHandle | None = None  # fails the job at its deadline
 
 
 class Batcher:
@@ -151,6 +152,7 @@ class Batcher:
                             f"{n} more would exceed the bound of {self.max_queue_rows}", self.retry_after_s())
         loop = asyncio.get_running_loop()
         job = Job(tuple(inputs), n, loop.time() + timeout_s, loop.create_future())
+        job.timer = loop.call_at(job.deadline, self._expire, job)  # a timer, not a task per request
         self._queue.append(job)
         self._queued_rows += n
         self.metrics.queue_rows(self.name, self._queued_rows)
@@ -166,21 +168,24 @@ class Batcher:
     async def result(self, job: Job) -> np.ndarray:
         """The job's outputs, (n, ...). Raises DeadlineExceeded at the deadline; on cancellation
         (the client went away) the job's remaining rows are dropped."""
-        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), max(0.0, job.deadline - loop.time()))
-        except (TimeoutError, asyncio.TimeoutError):
-            self.drop(job, "timed_out")
-            raise DeadlineExceeded(f"the request did not finish within its deadline on model {self.name}") from None
+            return await job.future
         except asyncio.CancelledError:
             self.drop(job, "cancelled")
             raise
+
+    def _expire(self, job: Job) -> None:
+        if not job.future.done():
+            self._fail(job, DeadlineExceeded(f"the request did not finish within its deadline on model {self.name}"),
+                       "timed_out")
 
     async def run(self, inputs: Sequence[torch.Tensor], timeout_s: float) -> np.ndarray:
         return await self.result(self.submit(inputs, timeout_s))
 
     def drop(self, job: Job, outcome: str) -> None:
         """Forget the job's rows that have not run yet (counted under ``outcome``)."""
+        if job.timer is not None:
+            job.timer.cancel()
         if job.dropped:
             return
         job.dropped = True
@@ -285,4 +290,6 @@ class Batcher:
                 job.batch_ids.append(batch_id)
                 if job.done == job.n:
                     job.future.set_result(job.result)
+                    if job.timer is not None:
+                        job.timer.cancel()
             offset += count
