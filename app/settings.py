@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 = torch's default")
     max_batch_rows: int = Field(64, ge=1, le=4096)
-    min_batch_rows: int = Field(8, ge=1, le=4096, description="smallest padded batch shape (see README: batch invariance)")
+    min_batch_rows: int = Field(1, ge=1, le=4096, description="floor of the padded batch shapes; warm-up may raise it (README: batch invariance)")
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
     max_queue_rows: int = Field(2048, ge=1)
     request_timeout_s: float = Field(30.0, gt=0, le=3600)

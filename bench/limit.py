@@ -27,8 +27,12 @@ def load(weights_dir: Path, model: str, device: str, torch_threads: int, max_row
     settings = Settings(weights_dir=weights_dir, models=[model], device=device, dtype="float32",
                         torch_threads=torch_threads, min_batch_rows=1, max_batch_rows=max_rows)
     registry = Registry.from_settings(settings)
-    registry.warm_up()
-    return registry.get(model)
+    served = registry.get(model)
+    every_size = list(served.buckets)
+    registry.warm_up()  # calibrates: keeps the shapes whose rows match the largest, as the server does
+    served.calibrated_min_rows = served.buckets[0]  # what a lone request is padded to in the server
+    served.buckets = every_size  # measure every batch size as an exact pass
+    return served
 
 
 def _rate(fn: Callable[[], None], images: int, seconds: float, repeats: int) -> tuple[float, list[float]]:

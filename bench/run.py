@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine_info(args, argv, wrk, device), "limit": None, "servers": {}}
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="latentserve-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    server_min_rows = Settings.model_fields["min_batch_rows"].default
+    server_min_rows = Settings.model_fields["min_batch_rows"].default  # replaced by the calibrated shape below
     common = servers.Common(weights_dir=args.weights_dir, model=args.model, device=device, torch_threads=args.torch_threads)
     log(f"benchmark of {args.model} on {device}, {args.torch_threads} torch threads; server logs in {log_dir}")
 
@@ -244,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
         log("in-process limit")
         model = limit.load(args.weights_dir, args.model, device, args.torch_threads)
+        server_min_rows = model.calibrated_min_rows
         results["limit"] = limit.measure(model, seconds=args.limit_seconds, repeats=args.runs,
                                          server_min_rows=server_min_rows, log=log)
         del model

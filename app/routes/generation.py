@@ -36,32 +36,30 @@ class ClientGone(Exception):
     pass
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it (its queued rows are dropped)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
+    """Await ``work`` in this task; if the client disconnects first, cancel it (its queued rows
+    are dropped) and raise ClientGone. One watcher task per request, nothing else."""
+    task = asyncio.current_task()
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone = True
         task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            if hasattr(task, "uncancel"):  # Python >= 3.11: this task goes on, to answer 499
+                task.uncancel()
+            raise ClientGone() from None
         raise
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
-    raise ClientGone()
 
 
 async def in_png_pool(request: Request, fn: Callable[..., T], *args: Any) -> T:

@@ -435,3 +435,20 @@ async def test_openapi_has_an_example_for_every_body(client):
                 ref = content["schema"]["$ref"].split("/")[-1]
                 schema = spec["components"]["schemas"][ref]
                 assert schema.get("examples"), f"{method.upper()} {path} has no example"
+
+
+async def test_warm_up_keeps_only_batch_shapes_with_identical_rows(app_client):
+    app, client = app_client
+    model = app.state.service.registry.get("tiny-gan")
+    shapes = model.buckets
+    assert shapes[-1] == 64 and shapes == sorted(shapes)
+    assert all(b * 2 == a for a, b in zip(shapes[1:], shapes))  # consecutive powers of two
+    import torch
+
+    z = torch.randn(64, model.latent_dim, generator=torch.Generator().manual_seed(5))
+    y = torch.arange(64) % 10
+    full = model.generate_rows(z, y)
+    for size in shapes:  # a request padded to any kept shape gets the full batch's bytes
+        assert (model.generate_rows(z[:size], y[:size]) == full[:size]).all()
+    one = model.generate_rows(z[:1], y[:1])  # a lone row is padded to the smallest shape
+    assert (one == full[:1]).all()

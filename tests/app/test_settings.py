@@ -34,7 +34,7 @@ def test_defaults():
     assert s.dtype == "float32"
     assert s.torch_threads == 0
     assert s.max_batch_rows == 64
-    assert s.min_batch_rows == 8
+    assert s.min_batch_rows == 1
     assert s.max_wait_ms == 2.0
     assert s.max_queue_rows == 2048
     assert s.request_timeout_s == 30.0
