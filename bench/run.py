@@ -59,6 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"comma list of loads (default: all of {', '.join(ld.name for ld in LOADS)})")
     p.add_argument("--servers", default=",".join(SERVER_NAMES), help=f"comma list (default: all of {', '.join(SERVER_NAMES)})")
     p.add_argument("--no-limit", action="store_true", help="skip the in-process limit")
+    p.add_argument("--limit-batches", default="1,8,32,64,128,256",
+                   help="batch sizes of the in-process limit (default 1,8,32,64,128,256; on a GPU add 1024)")
+    p.add_argument("--max-batch-rows", type=int, default=0, help="LATENTSERVE_MAX_BATCH_ROWS for latentserve (default: its own)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: the client must not take the server's cores)")
     p.add_argument("--litserve-batch-timeout", type=float, default=0.005, help="LitServe batch_timeout in seconds (default 0.005)")
     p.add_argument("--litserve-max-batch-size", type=int, default=64, help="LitServe max_batch_size (default 64)")
@@ -236,16 +239,18 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="latentserve-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     server_min_rows = Settings.model_fields["min_batch_rows"].default  # replaced by the calibrated shape below
-    common = servers.Common(weights_dir=args.weights_dir, model=args.model, device=device, torch_threads=args.torch_threads)
+    common = servers.Common(weights_dir=args.weights_dir, model=args.model, device=device, torch_threads=args.torch_threads,
+                            max_batch_rows=args.max_batch_rows)
     log(f"benchmark of {args.model} on {device}, {args.torch_threads} torch threads; server logs in {log_dir}")
 
     if not args.no_limit:
         from bench import limit
 
         log("in-process limit")
-        model = limit.load(args.weights_dir, args.model, device, args.torch_threads)
+        batches = tuple(int(b) for b in args.limit_batches.split(",") if b.strip())
+        model = limit.load(args.weights_dir, args.model, device, args.torch_threads, max_rows=max(batches))
         server_min_rows = model.calibrated_min_rows
-        results["limit"] = limit.measure(model, seconds=args.limit_seconds, repeats=args.runs,
+        results["limit"] = limit.measure(model, batch_sizes=batches, seconds=args.limit_seconds, repeats=args.runs,
                                          server_min_rows=server_min_rows, log=log)
         del model
 

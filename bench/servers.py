@@ -32,6 +32,7 @@ class Common:
     torch_threads: int
     png_level: int = 1
     max_queue_rows: int = 4096
+    max_batch_rows: int = 0  # latentserve's MAX_BATCH_ROWS; 0 = its default
 
 
 @dataclass
@@ -70,6 +71,8 @@ def latentserve(common: Common, port: int, batching: bool) -> ServerSpec:
     }
     if not batching:
         settings.update(MAX_BATCH_ROWS="1", MIN_BATCH_ROWS="1")
+    elif common.max_batch_rows:
+        settings.update(MAX_BATCH_ROWS=str(common.max_batch_rows))
     env = {**_base_env(), **{f"LATENTSERVE_{k}": v for k, v in settings.items()}}
     shown = {f"LATENTSERVE_{k}": v for k, v in settings.items() if k not in ("PORT", "HOST", "WEIGHTS_DIR", "LOG_LEVEL")}
     return ServerSpec(
@@ -77,7 +80,7 @@ def latentserve(common: Common, port: int, batching: bool) -> ServerSpec:
         title="latentserve" if batching else "latentserve, batching off",
         argv=[sys.executable, "-m", "app"], env=env, ready_path="/readyz",
         sample_path=f"/v1/models/{common.model}/samples", metrics="prometheus", settings=shown,
-        notes="defaults otherwise (MAX_BATCH_ROWS=64, MIN_BATCH_ROWS=8, MAX_WAIT_MS=2, PNG_THREADS=2)" if batching
+        notes="defaults otherwise (MAX_BATCH_ROWS=64, MIN_BATCH_ROWS=1 raised by the warm-up calibration, MAX_WAIT_MS=2, PNG_THREADS=2)" if batching
         else "every request row runs in its own forward pass of 1 row")
 
 
