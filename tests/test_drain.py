@@ -1,58 +1,82 @@
 """Graceful shutdown under load, with a real uvicorn process: after SIGTERM every request either
-is refused before it is accepted (connection refused, or 503) or completes as a 200 with a full
-PNG. None is cut off, and the process exits 0."""
+is refused before it is accepted (connection refused, a 503, or a reset before any byte of a
+response: a connection still in the kernel's accept backlog when the listener closes) or
+completes as a 200 with a full PNG. None is cut off, and the process exits 0.
+
+The client speaks HTTP over a raw socket so that "no response at all" and "a response cut off"
+are told apart exactly."""
 
 from __future__ import annotations
 
 import io
+import json
 import signal
+import socket
 import threading
 import time
 from collections import Counter
+from urllib.parse import urlparse
 
-import httpx
 import pytest
 from PIL import Image
 
 from tests.test_e2e import start_server, wait_ready
 
 
+def post(port: int, body: bytes) -> tuple[str, bytes]:
+    """One request on a fresh connection: ("refused" | "reset" | "cut_off" | status, body)."""
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    except ConnectionRefusedError:
+        return "refused", b""
+    data = b""
+    with sock:
+        try:
+            sock.sendall(b"POST /v1/models/tiny-gan/samples HTTP/1.1\r\nHost: test\r\n"
+                         b"Content-Type: application/json\r\nConnection: close\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            return ("reset" if not data else "cut_off"), data
+    if not data:
+        return "reset", data  # closed without a byte of response
+    head, sep, payload = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    if not sep or "content-length" not in headers or len(payload) != int(headers["content-length"]):
+        return "cut_off", data
+    return lines[0].split()[1], payload
+
+
 @pytest.mark.e2e
 def test_sigterm_under_steady_load_loses_no_accepted_request(tiny_weights):
     proc, base = start_server(tiny_weights, LATENTSERVE_DRAIN_TIMEOUT_S="20")
+    port = urlparse(base).port
     outcomes: Counter[str] = Counter()
     bad: list[str] = []
     stop = threading.Event()
     lock = threading.Lock()
+    sigterm_sent = threading.Event()
 
     def client(worker: int) -> None:
         i = 0
         while not stop.is_set():
             i += 1
-            body = {"n": 8, "seed": worker * 100_000 + i}
-            try:
-                # a fresh connection per request: a refused connect is unambiguous
-                r = httpx.post(f"{base}/v1/models/tiny-gan/samples", json=body, timeout=30,
-                               headers={"Connection": "close"})
-            except httpx.ConnectError:
-                with lock:
-                    outcomes["refused"] += 1
-                time.sleep(0.01)
-                continue
-            except httpx.HTTPError as e:  # reset or cut off mid-response
-                with lock:
-                    outcomes["cut_off"] += 1
-                    bad.append(repr(e))
-                continue
+            kind, payload = post(port, json.dumps({"n": 8, "seed": worker * 100_000 + i}).encode())
             with lock:
-                outcomes[str(r.status_code)] += 1
-                if r.status_code == 200:
-                    img = Image.open(io.BytesIO(r.content))
+                outcomes[kind] += 1
+                if kind == "200":
+                    img = Image.open(io.BytesIO(payload))
                     img.load()  # a truncated PNG raises here
                     if img.size != (8 * 30 + 2, 30 + 2):
                         bad.append(f"image size {img.size}")
-                elif r.status_code != 503:
-                    bad.append(f"status {r.status_code}: {r.text[:200]}")
+                elif kind in ("refused", "reset"):
+                    if not sigterm_sent.is_set():
+                        bad.append(f"{kind} before SIGTERM")
+                    time.sleep(0.01)
+                elif kind != "503":
+                    bad.append(f"{kind}: {payload[:200]!r}")
 
     try:
         wait_ready(proc, base)
@@ -62,6 +86,7 @@ def test_sigterm_under_steady_load_loses_no_accepted_request(tiny_weights):
         time.sleep(1.5)
         with lock:
             before = outcomes["200"]
+        sigterm_sent.set()
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
         time.sleep(0.3)

@@ -29,7 +29,9 @@ def free_port() -> int:
 def start_server(weights: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     environ = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_WEIGHTS_DIR": str(weights),
-               "LATENTSERVE_PORT": str(port), "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_TORCH_THREADS": "1", **env}
+               "LATENTSERVE_PORT": str(port), "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_TORCH_THREADS": "1",
+               # access logs at load would fill the unread stdout pipe and block the server
+               "LATENTSERVE_LOG_LEVEL": "warning", **env}
     proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return proc, f"http://127.0.0.1:{port}"
