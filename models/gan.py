@@ -34,7 +34,7 @@ class GANConfig:
     latent_dim: int = 64
     num_classes: int = 10
     g_channels: int = 128  # width of the 7x7 block; halves at each upsampling
-    d_channels: int = 64
+    d_channels: int = 32
     embed_dim: int = 32
     image_channels: int = 1
 
