@@ -122,8 +122,8 @@ def _ratios_md(r: dict) -> list[str]:
                         f"{_f(v[f'{other}_p99_ms'], 2)} ms = **{_f(v['p99_ratio'], 2)}x** |")
         else:
             rows.append(f"| {title} | n/a | n/a |")
-    out += [f"At concurrency 64, one image per request. Throughput ratio > 1: latentserve serves more; "
-            f"p99 ratio < 1: latentserve answers faster.", "",
+    out += ["At concurrency 64, one image per request. Throughput ratio > 1: latentserve serves more; "
+            "p99 ratio < 1: latentserve answers faster.", "",
             "| comparison | img/s ratio | p99 ratio |", "|---|---:|---:|", *rows, ""]
     s = r.get("share_of_limit")
     if s:
