@@ -90,3 +90,31 @@ async def test_draining_turns_readiness_off_and_refuses_new_work_with_connection
     r = await client.post(f"{GAN}/samples", json={"seed": 1})
     assert r.status_code == 503 and r.headers["connection"] == "close"
     app.state.draining = False
+
+
+async def test_access_log_line_carries_request_id_model_rows_batch_and_forwarded_client(app_client):
+    _, client = app_client
+    records: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Capture()
+    handler.addFilter(RequestIdFilter())
+    access = logging.getLogger("latentserve.access")
+    access.addHandler(handler)
+    old_level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        r = await client.post(f"{GAN}/samples", json={"n": 3, "seed": 1},
+                              headers={"X-Request-ID": "req-42", "X-Forwarded-For": "203.0.113.9"})
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(old_level)
+    assert r.status_code == 200
+    (rec,) = [x for x in records if getattr(x, "path", "") == f"{GAN}/samples"]
+    line = json.loads(JsonFormatter().format(rec))
+    assert line["request_id"] == "req-42" and line["status"] == 200 and line["method"] == "POST"
+    assert line["model"] == "tiny-gan" and line["rows"] == 3 and len(line["batch"]) >= 1
+    assert line["client"] == "203.0.113.9" and line["latency_ms"] > 0
