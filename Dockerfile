@@ -5,7 +5,8 @@
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t latentserve:cuda .
 # Air-gapped build: put the wheels in wheels/ (see wheels/README.md); nothing is then fetched.
 ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
+# build stage: the venv, from the index or from wheels/ (which never reach the final image)
+FROM ${BASE_IMAGE} AS build
 
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -32,7 +33,16 @@ RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
     else \
         pip install --no-cache-dir .; \
     fi \
-    && rm -rf build *.egg-info /tmp/wheels
+    && rm -rf build *.egg-info
+
+# runtime stage: the venv, the code's installed copy and the weights
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /srv/latentserve
 COPY weights ./weights
 
 RUN useradd --system --no-create-home --uid 10001 latentserve && chmod -R a+rX /srv/latentserve
