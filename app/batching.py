@@ -214,7 +214,7 @@ class Batcher:
                 continue
             if now >= job.deadline:
                 self._queue.popleft()
-                self._fail(job, DeadlineExceeded(f"the request did not finish within its deadline on model {self.name}"), "timed_out")
+                self._expire(job)  # its timer has not fired yet; fail it the same way
                 continue
             count = min(budget, job.n - job.taken)
             batch.append((job, job.taken, count))

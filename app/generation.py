@@ -116,11 +116,16 @@ class GenerationService:
         pixels, batches = await self._generate(model, z, y)
         return Images(pixels, y, None, z.numpy(), batches)
 
-    async def encode(self, name: str, images: np.ndarray, labels) -> tuple[np.ndarray, list[int]]:
-        """images: (n, 28, 28) float32 in [0, 1] -> ((n, 2, latent_dim) mu/logvar, labels)."""
+    def encodable(self, name: str) -> ServedModel:
+        """The model, if it can encode images (a VAE); else UnsupportedOperation."""
         model = self.registry.get(name)
         if model.kind != "vae":
             raise UnsupportedOperation(f"{name} is a {model.kind}; only VAE models can encode images")
+        return model
+
+    async def encode(self, name: str, images: np.ndarray, labels) -> tuple[np.ndarray, list[int]]:
+        """images: (n, 28, 28) float32 in [0, 1] -> ((n, 2, latent_dim) mu/logvar, labels)."""
+        model = self.encodable(name)
         self._check_n(len(images))
         c, h, w = model.image_shape
         if images.shape[1:] != (h, w):

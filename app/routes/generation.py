@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app import imaging
-from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType, UnsupportedOperation
+from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.generation import Images
 from app.routes import ServiceDep, SettingsDep
 from app.schemas import (DecodeRequest, EncodeResponse, ErrorResponse, ImagesResponse, InterpolateRequest,
@@ -184,9 +184,7 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
 async def encode(model: str, request: Request, service: ServiceDep, settings: SettingsDep,
                  label: Annotated[str | None, Query(max_length=64, description="class index or name for every image")] = None,
                  invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
-    m = service.registry.get(model)
-    if m.kind != "vae":
-        raise UnsupportedOperation(f"{model} is a {m.kind}; only VAE models can encode images")
+    m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await read_body_limited(request, settings.max_upload_bytes)
     labels: list[str] = [] if label is None else [label]
