@@ -14,6 +14,7 @@ import torch
 from app.batching import Batcher, BatcherMetrics
 from app.exceptions import InvalidInput, UnsupportedOperation
 from app.registry import Registry, ServedModel
+from app.schemas import Endpoint, LatentEndpoint
 from app.settings import Settings
 from models.latents import lerp, seeded_latent, slerp
 
@@ -135,14 +136,15 @@ class GenerationService:
         stats = await self.encoders[name].run((x, torch.tensor(y, dtype=torch.long)), self.settings.request_timeout_s)
         return stats, y
 
-    async def interpolate(self, name: str, start, end, steps: int, method: str, label, truncation: float) -> Images:
+    async def interpolate(self, name: str, start: Endpoint, end: Endpoint, steps: int, method: str, label,
+                          truncation: float) -> Images:
         model = self.registry.get(name)
         cap = self.settings.max_interpolation_steps
         if not 2 <= steps <= cap:
             raise InvalidInput(f"steps={steps}; between 2 and {cap} (LATENTSERVE_MAX_INTERPOLATION_STEPS)")
         ends = []
         for point in (start, end):
-            if point.latent is not None:
+            if isinstance(point, LatentEndpoint):
                 ends.append(self._latent_tensor(model, [point.latent])[0])
             else:
                 ends.append(seeded_latent(point.seed, model.latent_dim, len(model.classes), truncation)[0])

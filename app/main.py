@@ -18,6 +18,7 @@ from app.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.generation import GenerationService
 from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
+from app.openapi import tailored_openapi
 from app.registry import Registry
 from app.routes import generation, health, models
 from app.settings import Settings
@@ -77,6 +78,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.draining = False
     app.state.fatal = None
     install_error_handlers(app)
+
+    def served_models() -> list[str]:  # known once the lifespan has loaded the registry
+        service = getattr(app.state, "service", None)
+        return list(service.registry.models) if service is not None else []
+
+    app.openapi = tailored_openapi(app, settings, served_models)  # type: ignore[method-assign]
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(generation.router)

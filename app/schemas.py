@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 MAX_SEED = 2**32 - 1
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -65,15 +65,17 @@ class DecodeRequest(Strict):
     scale: int = Field(1, ge=1, le=16)
 
 
-class Endpoint(Strict):
-    seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    latent: Latent | None = None
+class SeedEndpoint(Strict):
+    seed: int = Field(ge=0, le=MAX_SEED, description="the latent of image `seed` (as in samples)")
 
-    @model_validator(mode="after")
-    def _one(self) -> "Endpoint":
-        if (self.seed is None) == (self.latent is None):
-            raise ValueError("give exactly one of seed or latent")
-        return self
+
+class LatentEndpoint(Strict):
+    latent: Latent = Field(description="latent_dim finite floats")
+
+
+# exactly one of seed or latent, said in the schema itself (two closed objects) so that clients
+# and schema-driven fuzzers see the rule the server applies
+Endpoint = SeedEndpoint | LatentEndpoint
 
 
 class InterpolateRequest(Strict):

@@ -63,23 +63,29 @@ def _base_env() -> dict[str, str]:
     return env
 
 
+def latentserve_spec(port: int, weights_dir: Path, settings: dict[str, str], name: str = "latentserve",
+                     title: str = "latentserve", notes: str = "") -> ServerSpec:
+    """``python -m app`` on 127.0.0.1:port with LATENTSERVE_<key> for each of ``settings``
+    (MODELS first in the list is the one sampled by wait_ready); access logs off."""
+    full = {"PORT": str(port), "HOST": "127.0.0.1", "WEIGHTS_DIR": str(weights_dir), "LOG_LEVEL": "warning", **settings}
+    env = {**_base_env(), **{f"LATENTSERVE_{k}": v for k, v in full.items()}}
+    shown = {f"LATENTSERVE_{k}": v for k, v in settings.items() if k not in ("LOG_LEVEL",)}
+    model = settings.get("MODELS", "fashion-gan").split(",")[0]
+    return ServerSpec(name=name, title=title, argv=[sys.executable, "-m", "app"], env=env, ready_path="/readyz",
+                      sample_path=f"/v1/models/{model}/samples", metrics="prometheus", settings=shown, notes=notes)
+
+
 def latentserve(common: Common, port: int, batching: bool) -> ServerSpec:
-    settings = {
-        "PORT": str(port), "HOST": "127.0.0.1", "WEIGHTS_DIR": str(common.weights_dir), "MODELS": common.model,
-        "DEVICE": common.device, "TORCH_THREADS": str(common.torch_threads), "LOG_LEVEL": "warning",
-        "MAX_QUEUE_ROWS": str(common.max_queue_rows), "PNG_COMPRESS_LEVEL": str(common.png_level),
-    }
+    settings = {"MODELS": common.model, "DEVICE": common.device, "TORCH_THREADS": str(common.torch_threads),
+                "MAX_QUEUE_ROWS": str(common.max_queue_rows), "PNG_COMPRESS_LEVEL": str(common.png_level)}
     if not batching:
         settings.update(MAX_BATCH_ROWS="1", MIN_BATCH_ROWS="1")
     elif common.max_batch_rows:
         settings.update(MAX_BATCH_ROWS=str(common.max_batch_rows))
-    env = {**_base_env(), **{f"LATENTSERVE_{k}": v for k, v in settings.items()}}
-    shown = {f"LATENTSERVE_{k}": v for k, v in settings.items() if k not in ("PORT", "HOST", "WEIGHTS_DIR", "LOG_LEVEL")}
-    return ServerSpec(
+    return latentserve_spec(
+        port, common.weights_dir, settings,
         name="latentserve" if batching else "latentserve-nobatch",
         title="latentserve" if batching else "latentserve, batching off",
-        argv=[sys.executable, "-m", "app"], env=env, ready_path="/readyz",
-        sample_path=f"/v1/models/{common.model}/samples", metrics="prometheus", settings=shown,
         notes="defaults otherwise (MAX_BATCH_ROWS=64, MIN_BATCH_ROWS=1 raised by the warm-up calibration, MAX_WAIT_MS=2, PNG_THREADS=2)" if batching
         else "every request row runs in its own forward pass of 1 row")
 
