@@ -8,13 +8,21 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
 from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.imaging import decode_upload
-from app.schemas import MAX_SEED, DecodeRequest, InterpolateRequest, LatentEndpoint, SampleRequest, SeedEndpoint
+from app.schemas import (
+    MAX_SEED,
+    DecodeRequest,
+    InterpolateRequest,
+    LatentEndpoint,
+    SampleRequest,
+    SeedEndpoint,
+)
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 MAX_PIXELS = 1 << 20
