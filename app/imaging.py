@@ -13,6 +13,9 @@ from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from models.images import tile
 
 TARGET_SIZE = (28, 28)
+# magic numbers of the formats people send: a file that starts like one but cannot be opened is
+# a damaged image (422), not an unsupported type (415)
+IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 
 
 def _scaled(img: Image.Image, scale: int) -> Image.Image:
@@ -66,6 +69,8 @@ def decode_upload(data: bytes, max_pixels: int, invert: bool = False) -> np.ndar
     except (PayloadTooLarge, InvalidInput):
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        if isinstance(e, UnidentifiedImageError) and data.startswith(IMAGE_SIGNATURES):
+            raise InvalidInput("the image is truncated or corrupt (its header cannot be read)") from None
         if isinstance(e, UnidentifiedImageError):
             raise UnsupportedMediaType("the upload is not an image Pillow can read (PNG, JPEG, GIF, BMP, WebP, ...)") from None
         raise PayloadTooLarge("image dimensions are too large") from None
