@@ -2,7 +2,8 @@
 forward passes. It knows rows, tensors and futures; nothing of HTTP.
 
 A *row* is the unit of work (one image). ``submit`` enqueues a job of n rows, or raises
-``QueueFull`` when the queue (bounded in rows) cannot take them. One asyncio task per batcher
+``QueueFull`` when the queue cannot take them: it is bounded in rows (memory) and, once the
+forward-pass rate is measured, in seconds of work (the latency of accepted requests). One asyncio task per batcher
 takes up to ``max_batch_rows`` rows from the front of the queue, across jobs, splitting a large
 job over several batches, runs one forward pass in the executor (off the event loop) and copies
 each job's rows into its result. A job whose client has gone or whose deadline has passed is
@@ -67,18 +68,21 @@ class Job:
 class Batcher:
     def __init__(self, name: str, run_batch: Callable[..., np.ndarray], *, max_batch_rows: int,
                  max_queue_rows: int, executor: Executor, max_wait_s: float = 0.0,
-                 metrics: BatcherMetrics | None = None):
+                 max_queue_wait_s: float = 0.0, metrics: BatcherMetrics | None = None):
         if max_batch_rows <= 0:
             raise ValueError("max_batch_rows must be greater than 0")
         if max_queue_rows <= 0:
             raise ValueError("max_queue_rows must be greater than 0")
         if max_wait_s < 0:
             raise ValueError("max_wait_s must be >= 0")
+        if max_queue_wait_s < 0:
+            raise ValueError("max_queue_wait_s must be >= 0")
         self.name = name
         self.run_batch = run_batch
         self.max_batch_rows = max_batch_rows
         self.max_queue_rows = max_queue_rows
         self.max_wait_s = max_wait_s
+        self.max_queue_wait_s = max_queue_wait_s
         self.executor = executor
         self.metrics = metrics or NullMetrics()
         self._queue: deque[Job] = deque()
@@ -92,7 +96,8 @@ class Batcher:
         self.batches_run = 0
         self.rows_run = 0
         self.last_batch_id = 0
-        self._rows_per_s = 0.0  # moving average of forward-pass throughput, for Retry-After
+        self._rows_per_s = 0.0  # moving average of the rows/s this batcher delivers: Retry-After, time bound
+        self._last_end = 0.0  # perf_counter() at the end of the previous pass
 
     # -- lifecycle --
     @property
@@ -144,12 +149,7 @@ class Batcher:
             raise ValueError("a job needs at least one row")
         if any(int(t.shape[0]) != n for t in inputs):
             raise ValueError("all inputs of a job need the same number of rows")
-        if not self._accepting or not self.running:
-            raise NotReady(f"model {self.name} is not accepting work")
-        if self._queued_rows + n > self.max_queue_rows:
-            self.metrics.rows(self.name, "rejected", n)
-            raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued; "
-                            f"{n} more would exceed the bound of {self.max_queue_rows}", self.retry_after_s())
+        self.admit(n)
         loop = asyncio.get_running_loop()
         job = Job(tuple(inputs), n, loop.time() + timeout_s, loop.create_future())
         job.timer = loop.call_at(job.deadline, self._expire, job)  # a timer, not a task per request
@@ -159,11 +159,36 @@ class Batcher:
         self._wakeup.set()
         return job
 
+    def admit(self, n: int) -> None:
+        """Raise NotReady or QueueFull unless a job of ``n`` rows would be queued now. ``submit``
+        checks this too; callers check it first to refuse work before preparing its inputs."""
+        if not self._accepting or not self.running:
+            raise NotReady(f"model {self.name} is not accepting work")
+        if self._queued_rows + n > self.max_queue_rows:
+            self.metrics.rows(self.name, "rejected", n)
+            raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued; "
+                            f"{n} more would exceed the bound of {self.max_queue_rows}", self.retry_after_s())
+        wait = self.expected_wait_s(n)
+        if self.max_queue_wait_s and self._queued_rows and wait > self.max_queue_wait_s:
+            self.metrics.rows(self.name, "rejected", n)
+            raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued, about {wait:.1f} s of work with "
+                            f"these {n}; the bound is {self.max_queue_wait_s:g} s", self.retry_after_s())
+
+    def saturated(self) -> bool:
+        """True when not even one more row would be admitted (queue full in rows or in time)."""
+        if self._queued_rows + 1 > self.max_queue_rows:
+            return True
+        return bool(self.max_queue_wait_s and self._queued_rows and self.expected_wait_s(1) > self.max_queue_wait_s)
+
+    def expected_wait_s(self, n: int = 0) -> float:
+        """Seconds until ``n`` more rows would be done, from the measured rows/s (0 if unknown)."""
+        if self._rows_per_s <= 0:
+            return 0.0
+        return (self._queued_rows + self._in_flight + n) / self._rows_per_s
+
     def retry_after_s(self) -> int:
         """Seconds until the queue has likely drained, from the measured rows/s (1 to 60)."""
-        if self._rows_per_s <= 0:
-            return 1
-        return max(1, min(60, math.ceil((self._queued_rows + self._in_flight) / self._rows_per_s)))
+        return max(1, min(60, math.ceil(self.expected_wait_s())))
 
     async def result(self, job: Job) -> np.ndarray:
         """The job's outputs, (n, ...). Raises DeadlineExceeded at the deadline; on cancellation
@@ -243,9 +268,9 @@ class Batcher:
             self.metrics.queue_rows(self.name, self._queued_rows)
             if not batch:
                 continue
-            busy = True
+            busy_before, busy = busy, True
             try:
-                await self._run(batch, rows, loop)
+                await self._run(batch, rows, loop, busy_before)
             except Exception as e:  # never let one bad batch stop the worker
                 log.error("batch of %s failed outside the forward pass: %r", self.name, e,
                           exc_info=(type(e), e, e.__traceback__))
@@ -254,7 +279,8 @@ class Batcher:
             finally:
                 self._in_flight, self._in_flight_jobs = 0, []
 
-    async def _run(self, batch: list[tuple[Job, int, int]], rows: int, loop: asyncio.AbstractEventLoop) -> None:
+    async def _run(self, batch: list[tuple[Job, int, int]], rows: int, loop: asyncio.AbstractEventLoop,
+                   back_to_back: bool = False) -> None:
         self.last_batch_id += 1
         batch_id = self.last_batch_id
         self._in_flight = rows
@@ -273,8 +299,13 @@ class Batcher:
             return
         if len(out) != rows:
             raise RuntimeError(f"run_batch returned {len(out)} rows for {rows}")
-        seconds = time.perf_counter() - t0
-        rate = rows / max(seconds, 1e-6)
+        end = time.perf_counter()
+        seconds = end - t0
+        # back to back, the rate is rows per second of wall time from the previous pass's end, so
+        # the time between passes (the event loop collecting work, under load) counts too
+        interval = end - self._last_end if back_to_back and self._last_end else seconds
+        self._last_end = end
+        rate = rows / max(interval, 1e-6)
         self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
         self.batches_run += 1
         self.rows_run += rows

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     min_batch_rows: int = Field(1, ge=1, le=4096, description="floor of the padded batch shapes; warm-up may raise it (README: batch invariance)")
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
     max_queue_rows: int = Field(2048, ge=1)
+    max_queue_wait_s: float = Field(2.0, ge=0, le=3600, description="refuse work (429) when the queue already holds "
+                                    "more than this many seconds of it, by the measured rows/s; 0 = rows bound only")
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_images_per_request: int = Field(64, ge=1, le=4096)
     max_interpolation_steps: int = Field(64, ge=2, le=1024)

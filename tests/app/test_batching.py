@@ -122,6 +122,7 @@ async def make():
     ({"max_batch_rows": -3}, "max_batch_rows must be greater than 0"),
     ({"max_queue_rows": 0}, "max_queue_rows must be greater than 0"),
     ({"max_wait_s": -0.001}, "max_wait_s must be >= 0"),
+    ({"max_queue_wait_s": -1}, "max_queue_wait_s must be >= 0"),
 ])
 def test_constructor_validation(kw, message):
     args = {"max_batch_rows": 4, "max_queue_rows": 16, "max_wait_s": 0.0, **kw}
@@ -269,6 +270,37 @@ async def test_queue_bound_raises_queue_full_then_recovers(make):
     np.testing.assert_array_equal(await b.run(job_inputs(400, 10), LONG), expected(400, 10))
     assert 300 not in fake.ids  # the rejected row never ran
     assert b.rows_run == 2 + 6 + 4 + 10
+
+
+async def test_queue_bound_in_seconds_of_work(make):
+    """Once rows/s is measured, a job that would wait longer than max_queue_wait_s is refused,
+    however many rows the row bound allows; a lone job is always taken."""
+    fake = FakeModel(block=(1,))
+    metrics = RecordingMetrics()
+    b = make(fake, max_batch_rows=4, max_queue_rows=1000, max_queue_wait_s=1.0, metrics=metrics)
+    assert b.expected_wait_s(100) == 0.0  # nothing measured yet: no time bound
+    await b.run(job_inputs(0, 4), LONG)
+    assert b.expected_wait_s(100) > 0  # measured now
+    b._rows_per_s = 40.0  # as if measured: 40 rows/s
+    second = b.submit(job_inputs(10, 4), LONG)  # the worker takes it, and the pass blocks
+    await wait_until(fake.entered.is_set, "the second pass")
+    queued = b.submit(job_inputs(100, 30), LONG)  # (4 in flight + 30) / 40 = 0.85 s: accepted
+    with pytest.raises(QueueFull) as info:
+        b.submit(job_inputs(200, 8), LONG)  # (4 + 30 + 8) / 40 = 1.05 s > 1 s
+    assert "about 1.1 s of work" in info.value.message and "bound is 1 s" in info.value.message
+    assert info.value.retry_after_s == 1  # ceil(34 / 40)
+    assert metrics.totals()["rejected"] == 8 and b.queued_rows == 30
+    fake.release()
+    await b.result(second)
+    await b.result(queued)
+    assert 200 not in fake.ids
+
+
+async def test_lone_job_is_taken_whatever_its_expected_time(make):
+    fake = FakeModel()
+    b = make(fake, max_batch_rows=4, max_queue_rows=1000, max_queue_wait_s=0.001)
+    b._rows_per_s = 1.0
+    np.testing.assert_array_equal(await b.run(job_inputs(0, 50), LONG), expected(0, 50))
 
 
 async def test_job_larger_than_queue_is_rejected(make):
