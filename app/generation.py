@@ -62,7 +62,8 @@ class GenerationService:
         self.generators: dict[str, Batcher] = {}
         self.encoders: dict[str, Batcher] = {}
         common = dict(max_batch_rows=settings.max_batch_rows, max_queue_rows=settings.max_queue_rows,
-                      executor=executor, max_wait_s=settings.max_wait_ms / 1000.0, metrics=metrics)
+                      executor=executor, max_wait_s=settings.max_wait_ms / 1000.0,
+                      max_queue_wait_s=settings.max_queue_wait_s, metrics=metrics)
         for name, model in registry.models.items():
             self.generators[name] = Batcher(name, model.generate_rows, **common)
             if model.kind == "vae":
@@ -90,6 +91,7 @@ class GenerationService:
         model = self.registry.get(name)
         self._check_n(n)
         resolved = resolve_labels(model, labels, n)
+        self.generators[name].admit(n)  # refuse before drawing latents: cheap 429s under overload
         seed = self.random_seed() if seed is None else seed
         z = torch.empty(n, model.latent_dim)
         drawn = []

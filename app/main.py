@@ -20,6 +20,7 @@ from app.metrics import Metrics
 from app.middleware import RequestContextMiddleware
 from app.openapi import tailored_openapi
 from app.registry import Registry
+from app.shedding import LoadShedMiddleware
 from app.routes import generation, health, models
 from app.settings import Settings
 
@@ -87,7 +88,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(generation.router)
-    # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys
+    # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys,
+    # load shedding
+    app.add_middleware(LoadShedMiddleware, state=app.state)
     keys = settings.all_api_keys()
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.protect_metrics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4, 5, 10, 30)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -14,8 +14,9 @@ class Metrics:
         r = self.registry
         self.requests = Counter("latentserve_requests_total", "HTTP requests by route and status",
                                 ["method", "route", "status"], registry=r)
-        self.latency = Histogram("latentserve_request_duration_seconds", "HTTP request latency",
-                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=r)
+        # by status too: fast 429s under overload would otherwise hide the latency of the 200s
+        self.latency = Histogram("latentserve_request_duration_seconds", "HTTP request latency by route and status",
+                                 ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Gauge("latentserve_queue_rows", "rows waiting for a forward pass", ["model"], registry=r)
         self.batch_rows = Histogram("latentserve_batch_rows", "rows per forward pass", ["model"],
                                     buckets=ROW_BUCKETS, registry=r)
@@ -24,6 +25,8 @@ class Metrics:
         self.row_outcomes = Counter("latentserve_rows_total",
                                     "rows by outcome: computed, rejected (queue full), timed_out, cancelled (client gone), failed",
                                     ["model", "outcome"], registry=r)
+        self.shed = Counter("latentserve_shed_requests_total", "requests refused (429) before parsing: the model's queue was full",
+                            ["model"], registry=r)
         self.ready = Gauge("latentserve_ready", "1 when models are loaded, warmed up and batchers run", registry=r)
 
     # the BatcherMetrics protocol
@@ -38,5 +41,6 @@ class Metrics:
         self.queue.labels(model).set(rows)
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        code = str(status)
+        self.requests.labels(method, route, code).inc()
+        self.latency.labels(method, route, code).observe(seconds)

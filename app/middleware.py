@@ -62,8 +62,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - t0
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = scope.get("latentserve.route") or getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.request(scope["method"], template, status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 extra = {"method": scope["method"], "path": scope["path"], "status": status,

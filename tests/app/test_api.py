@@ -307,6 +307,38 @@ async def test_queue_full_gives_429_and_service_recovers(app_factory):
         assert 'latentserve_rows_total{model="tiny-gan",outcome="rejected"} 3.0' in metrics
 
 
+async def test_full_queue_sheds_requests_before_parsing_them(app_factory):
+    async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8) as (app, client):
+        release, entered, _ = block_forward(app)
+        first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 8, "seed": 1}))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        queued = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 8, "seed": 2}))
+        batcher = app.state.service.generators["tiny-gan"]
+        for _ in range(100):
+            if batcher.queued_rows == 8:
+                break
+            await asyncio.sleep(0.01)
+        assert batcher.saturated()
+        # not even parsed: a body that would be a 422 gets the 429 of a full queue
+        for r in (await client.post(f"{GAN}/samples", content=b"{not json"),
+                  await client.get(f"{GAN}/samples.png", params={"seed": 1}),
+                  await client.post(f"{GAN}/decode", json={"latents": [[0.0] * GAN_LATENT]})):
+            err = assert_error(r, 429, "queue_full")
+            assert int(r.headers["retry-after"]) >= 1 and "tiny-gan" in err["message"]
+            assert r.headers["x-request-id"]
+        # the other model, the encoder, probes and metrics are not affected
+        assert (await client.post(f"{VAE}/samples", json={"seed": 1})).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+        release.set()
+        assert (await first).status_code == 200 and (await queued).status_code == 200
+        assert not batcher.saturated()
+        assert (await client.post(f"{GAN}/samples", json={"seed": 3})).status_code == 200
+        metrics = (await client.get("/metrics")).text
+        assert 'latentserve_shed_requests_total{model="tiny-gan"} 3.0' in metrics
+        assert 'latentserve_requests_total{method="POST",route="/v1/models/{model}/samples",status="429"} 1.0' in metrics
+        assert 'latentserve_requests_total{method="GET",route="/v1/models/{model}/samples.png",status="429"} 1.0' in metrics
+
+
 async def test_deadline_gives_504_and_rows_are_not_computed(app_factory):
     async with app_factory(request_timeout_s=0.3) as (app, client):
         release, entered, rows = block_forward(app)
@@ -320,46 +352,77 @@ async def test_deadline_gives_504_and_rows_are_not_computed(app_factory):
         assert 5 not in rows and sum(rows) == 3  # the 2-row pass and the 1-row pass only
 
 
+def hanging_client(app, path: str, body: bytes) -> tuple[asyncio.Future, asyncio.Event, list[dict]]:
+    """A raw ASGI call whose client sends ``body`` and hangs up when ``hang_up`` is set."""
+    hang_up, sent = asyncio.Event(), []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
+             (b"content-length", str(len(body)).encode()), (b"host", b"test")],
+             "client": ("127.0.0.1", 1), "server": ("test", 80)}
+    return asyncio.ensure_future(app(scope, receive, send)), hang_up, sent
+
+
+async def wait_for_queued(batcher, rows: int) -> None:
+    for _ in range(200):
+        if batcher.queued_rows == rows:
+            return
+        await asyncio.sleep(0.01)
+    assert batcher.queued_rows == rows
+
+
 async def test_disconnected_client_rows_are_dropped(app_factory):
     async with app_factory() as (app, client):
         release, entered, rows = block_forward(app)
         first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 1, "seed": 1}))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
-        # a raw ASGI call whose client hangs up while its 16 rows are queued
-        hang_up = asyncio.Event()
-        sent: list[dict] = []
-        body = b'{"n": 16, "seed": 5}'
-        messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive():
-            if messages:
-                return messages.pop(0)
-            await hang_up.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": f"{GAN}/samples", "raw_path": f"{GAN}/samples".encode(),
-                 "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
-                 (b"content-length", str(len(body)).encode()), (b"host", b"test")],
-                 "client": ("127.0.0.1", 1), "server": ("test", 80)}
-        call = asyncio.ensure_future(app(scope, receive, send))
-        for _ in range(100):
-            if app.state.service.generators["tiny-gan"].queued_rows == 16:
-                break
-            await asyncio.sleep(0.01)
-        assert app.state.service.generators["tiny-gan"].queued_rows == 16
+        batcher = app.state.service.generators["tiny-gan"]
+        call, hang_up, sent = hanging_client(app, f"{GAN}/samples", b'{"n": 16, "seed": 5}')
+        await wait_for_queued(batcher, 16)
         hang_up.set()
         await asyncio.wait_for(call, 5)
-        assert app.state.service.generators["tiny-gan"].queued_rows == 0
+        assert batcher.queued_rows == 0
         release.set()
         assert (await first).status_code == 200
         assert rows == [1]  # the 16 rows never reached a forward pass
         metrics = (await client.get("/metrics")).text
         assert 'latentserve_rows_total{model="tiny-gan",outcome="cancelled"} 16.0' in metrics
         assert sent[0]["status"] == 499
+
+
+async def test_disconnect_storm_computes_no_row_of_the_clients_that_left(app_factory):
+    """50 clients ask for 16 images each while a pass runs, then all hang up: none of their rows
+    is computed, the queue is empty, and a client that stayed is served in full."""
+    async with app_factory(max_queue_rows=2048, max_images_per_request=16) as (app, client):
+        release, entered, rows = block_forward(app)
+        first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 4, "seed": 1}))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+        batcher = app.state.service.generators["tiny-gan"]
+        storm = [hanging_client(app, f"{GAN}/samples", b'{"n": 16, "seed": %d}' % i) for i in range(50)]
+        stayed = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 3, "seed": 2}))
+        await wait_for_queued(batcher, 50 * 16 + 3)
+        for _, hang_up, _ in storm:
+            hang_up.set()
+        await asyncio.wait_for(asyncio.gather(*(call for call, _, _ in storm)), 5)
+        assert batcher.queued_rows == 3  # only the client that stayed
+        release.set()
+        assert (await first).status_code == 200 and (await stayed).status_code == 200
+        assert rows == [4, 3]  # the pass in flight, then the one that stayed: 800 rows never ran
+        assert all(sent[0]["status"] == 499 for _, _, sent in storm)
+        metrics = (await client.get("/metrics")).text
+        assert 'latentserve_rows_total{model="tiny-gan",outcome="cancelled"} 800.0' in metrics
+        assert 'latentserve_queue_rows{model="tiny-gan"} 0.0' in metrics
 
 
 async def test_failed_forward_pass_fails_only_its_batch(app_factory):
