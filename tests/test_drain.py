@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -20,33 +19,12 @@ from urllib.parse import urlparse
 import pytest
 from PIL import Image
 
+from bench import rawhttp
 from tests.test_e2e import start_server, wait_ready
 
 
 def post(port: int, body: bytes) -> tuple[str, bytes]:
-    """One request on a fresh connection: ("refused" | "reset" | "cut_off" | status, body)."""
-    try:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    except ConnectionRefusedError:
-        return "refused", b""
-    data = b""
-    with sock:
-        try:
-            sock.sendall(b"POST /v1/models/tiny-gan/samples HTTP/1.1\r\nHost: test\r\n"
-                         b"Content-Type: application/json\r\nConnection: close\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            while chunk := sock.recv(65536):
-                data += chunk
-        except (ConnectionResetError, BrokenPipeError):
-            return ("reset" if not data else "cut_off"), data
-    if not data:
-        return "reset", data  # closed without a byte of response
-    head, sep, payload = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
-    if not sep or "content-length" not in headers or len(payload) != int(headers["content-length"]):
-        return "cut_off", data
-    return lines[0].split()[1], payload
+    return rawhttp.post(port, "/v1/models/tiny-gan/samples", body)
 
 
 @pytest.mark.e2e
