@@ -174,6 +174,9 @@ class Batcher:
             raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued, about {wait:.1f} s of work with "
                             f"these {n}; the bound is {self.max_queue_wait_s:g} s", self.retry_after_s())
 
+    def _update_rate(self, rate: float) -> None:
+        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
+
     def saturated(self) -> bool:
         """True when not even one more row would be admitted (queue full in rows or in time)."""
         if self._queued_rows + 1 > self.max_queue_rows:
@@ -301,12 +304,14 @@ class Batcher:
             raise RuntimeError(f"run_batch returned {len(out)} rows for {rows}")
         end = time.perf_counter()
         seconds = end - t0
-        # back to back, the rate is rows per second of wall time from the previous pass's end, so
-        # the time between passes (the event loop collecting work, under load) counts too
-        interval = end - self._last_end if back_to_back and self._last_end else seconds
+        # The rate that matters is the one under load. Back to back, it is rows per second of wall
+        # time since the previous pass ended (the event loop collecting work counts too); a lone
+        # pass counts only when at least half full: a 1-row pass says little of what full ones do.
+        if back_to_back and self._last_end:
+            self._update_rate(rows / max(end - self._last_end, 1e-6))
+        elif 2 * rows >= self.max_batch_rows:
+            self._update_rate(rows / max(seconds, 1e-6))
         self._last_end = end
-        rate = rows / max(interval, 1e-6)
-        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
         self.batches_run += 1
         self.rows_run += rows
         self.metrics.batch(self.name, rows, seconds)
