@@ -354,3 +354,15 @@ def test_malformed_exif_is_a_clear_invalid_input():
     Image.new("L", (28, 28)).save(buf, format="PNG", exif=b"Exif\x00\x00garbage")
     with pytest.raises(InvalidInput, match="corrupt"):
         decode_upload(buf.getvalue(), 10**6)
+
+
+@pytest.mark.parametrize("error", [TypeError("Missing dimensions"), KeyError(256), IndexError("tile"), ZeroDivisionError()])
+def test_any_decoder_error_is_a_clear_invalid_input(monkeypatch, error):
+    """Crafted files make Pillow raise more than OSError (the property tests found a TIFF whose
+    damaged tags raise TypeError); every such failure is the upload's, a 422, never a 500."""
+    def broken_open(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Image, "open", broken_open)
+    with pytest.raises(InvalidInput, match="truncated or corrupt"):
+        decode_upload(encode(Image.new("L", (4, 4))), MAX_PIXELS)
