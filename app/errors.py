@@ -70,7 +70,14 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
     return error_response(422, "invalid_request", message, details=details)
 
 
+# statuses that the framework raises itself, named as the service's own errors are
+FRAMEWORK_CODES = {413: "payload_too_large", 415: "unsupported_media_type"}
+
+
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code in FRAMEWORK_CODES:
+        return error_response(exc.status_code, FRAMEWORK_CODES[exc.status_code], str(exc.detail),
+                              headers=getattr(exc, "headers", None))
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in HTTPStatus._value2member_map_ else "error"
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))

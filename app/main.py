@@ -17,7 +17,7 @@ from app.errors import install_error_handlers
 from app.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.generation import GenerationService
 from app.metrics import Metrics
-from app.middleware import RequestContextMiddleware
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.openapi import tailored_openapi
 from app.registry import Registry
 from app.shedding import LoadShedMiddleware
@@ -89,7 +89,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(models.router)
     app.include_router(generation.router)
     # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys,
-    # load shedding
+    # load shedding, body limits
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(LoadShedMiddleware, state=app.state)
     keys = settings.all_api_keys()
     if keys:

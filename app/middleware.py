@@ -4,11 +4,13 @@ request. (Pure ASGI rather than BaseHTTPMiddleware: no extra task or body copy p
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import re
 import time
 import uuid
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.metrics import Metrics
@@ -70,3 +72,47 @@ class RequestContextMiddleware:
                 extra.update(scope["state"].get("log", {}))  # model, rows, batch ids from the route
                 access_log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000.0, extra=extra)
             request_id_var.reset(token)
+
+
+class BodyLimitMiddleware:
+    """Every request body is bounded: /encode uploads by ``upload_limit``, everything else by
+    ``limit``. A declared Content-Length over the limit gets its 413 before the body is read; a
+    body without one is counted as it streams in and refused as soon as it passes the limit.
+    (FastAPI's own max_body_size answers a declared length with a plain-text 413; this keeps the
+    service's JSON errors and says which setting to raise.)"""
+
+    def __init__(self, app: ASGIApp, limit: int, upload_limit: int):
+        self.app = app
+        self.limits = ((limit, "LATENTSERVE_MAX_BODY_BYTES"), (upload_limit, "LATENTSERVE_MAX_UPLOAD_BYTES"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, setting = self.limits[scope["path"].endswith("/encode")]
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if value.isdigit() and int(value) > limit:
+                    message = f"request body of {int(value)} bytes exceeds the limit of {limit} bytes ({setting})"
+                    await _send_json(send, 413, {"error": {"code": "payload_too_large", "message": message}})
+                    return
+                break
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:  # the JSON error handler answers it (FastAPI re-raises HTTPException)
+                    raise HTTPException(413, f"request body exceeds the limit of {limit} bytes ({setting})")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_json(send: Send, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

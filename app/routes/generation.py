@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from app import imaging
-from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from app.exceptions import InvalidInput, UnsupportedMediaType
 from app.generation import Images
 from app.routes import ServiceDep, SettingsDep
 from app.schemas import (DecodeRequest, EncodeResponse, ErrorResponse, ImagesResponse, InterpolateRequest,
@@ -159,21 +159,6 @@ async def decode(model: str, body: DecodeRequest, request: Request, service: Ser
                         columns=body.columns, scale=body.scale, seed=None)
 
 
-async def read_body_limited(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # let request.form() parse the buffered body
-    return body
-
-
 @router.post("/encode", response_model=EncodeResponse, summary="VAE only: image(s) -> latent mean and log-variance",
              openapi_extra={"requestBody": {"required": True, "content": {
                  "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -186,7 +171,7 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
                  invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
     m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body_limited(request, settings.max_upload_bytes)
+    body = await request.body()  # bounded by LATENTSERVE_MAX_UPLOAD_BYTES (BodyLimitMiddleware); kept for form()
     labels: list[str] = [] if label is None else [label]
     if ctype == "multipart/form-data":
         async with request.form(max_files=settings.max_images_per_request, max_fields=settings.max_images_per_request + 8) as form:

@@ -37,6 +37,8 @@ def test_defaults():
     assert s.min_batch_rows == 1
     assert s.max_wait_ms == 2.0
     assert s.max_queue_rows == 2048
+    assert s.max_queue_wait_s == 2.0
+    assert s.max_body_bytes == 1024 * 1024
     assert s.request_timeout_s == 30.0
     assert s.max_images_per_request == 64
     assert s.max_interpolation_steps == 64
