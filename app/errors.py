@@ -39,14 +39,16 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
 
 
-def _internal(request: Request, exc: BaseException) -> JSONResponse:
+def internal_error(method: str, path: str, exc: BaseException) -> tuple[int, dict, None]:
+    """(500, body, no headers): only an error id reaches the client; the log line has the rest."""
     error_id = uuid.uuid4().hex[:16]
-    log.error("internal error %s on %s %s: %r", error_id, request.method, request.url.path, exc,
+    log.error("internal error %s on %s %s: %r", error_id, method, path, exc,
               exc_info=(type(exc), exc, exc.__traceback__))
-    return error_response(500, "internal_error", f"internal error; quote error id {error_id}", error_id=error_id)
+    return 500, error_body("internal_error", f"internal error; quote error id {error_id}", error_id=error_id), None
 
 
-async def service_error_handler(request: Request, exc: ex.ServiceError) -> JSONResponse:
+def service_error(exc: ex.ServiceError, method: str, path: str, draining: bool) -> tuple[int, dict, dict[str, str] | None]:
+    """(status, body, headers) for a domain error, by the one table."""
     for cls in type(exc).__mro__:
         if cls in ERROR_TABLE:
             status, code = ERROR_TABLE[cls]
@@ -54,11 +56,22 @@ async def service_error_handler(request: Request, exc: ex.ServiceError) -> JSONR
     else:  # pragma: no cover - every subclass is in the table
         status, code = 500, "internal_error"
     if status >= 500 and status != 503 and status != 504:
-        return _internal(request, exc)
+        return internal_error(method, path, exc)
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ex.QueueFull) else None
-    if isinstance(exc, ex.NotReady) and getattr(request.app.state, "draining", False):
+    if isinstance(exc, ex.NotReady) and draining:
         headers = {"Connection": "close"}  # send the client to another replica
-    return error_response(status, code, exc.message, headers)
+    return status, error_body(code, exc.message), headers
+
+
+def _internal(request: Request, exc: BaseException) -> JSONResponse:
+    status, body, _ = internal_error(request.method, request.url.path, exc)
+    return JSONResponse(body, status_code=status)
+
+
+async def service_error_handler(request: Request, exc: ex.ServiceError) -> JSONResponse:
+    status, body, headers = service_error(exc, request.method, request.url.path,
+                                          getattr(request.app.state, "draining", False))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError) -> JSONResponse:

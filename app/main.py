@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.errors import install_error_handlers
+from app.fastpath import SamplesFastPath
 from app.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.generation import GenerationService
 from app.metrics import Metrics
@@ -89,7 +90,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(models.router)
     app.include_router(generation.router)
     # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys,
-    # load shedding, body limits
+    # load shedding, body limits, and the raw ASGI path for sampling
+    app.add_middleware(SamplesFastPath, state=app.state)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(LoadShedMiddleware, state=app.state)
     keys = settings.all_api_keys()

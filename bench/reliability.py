@@ -306,6 +306,7 @@ def soak(args: argparse.Namespace) -> dict:
     chunks, statuses, total, socket_errors = [], Counter(), 0, 0
     try:
         wrk(server, "mixed", args.connections, 5, seed=0, png=png)  # warm-up, not counted
+        time.sleep(2.0)  # let the server close the warm-up's connections before counting fds
         baseline = proc_stats(server.proc.pid)
         t0 = time.monotonic()
         i = 0

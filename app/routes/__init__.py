@@ -17,13 +17,17 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_service(request: Request) -> GenerationService:
-    state = request.app.state
+def live_service(state: object) -> GenerationService:
+    """The generation service, or NotReady while warming up or shutting down."""
     if getattr(state, "draining", False):
         raise NotReady("the service is shutting down")
     if not getattr(state, "ready", False):
         raise NotReady("models are still loading or warming up")
-    return state.service
+    return state.service  # type: ignore[attr-defined]
+
+
+async def get_service(request: Request) -> GenerationService:
+    return live_service(request.app.state)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

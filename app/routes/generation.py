@@ -8,16 +8,18 @@ import base64
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.types import Receive, Scope
 
 from app import imaging
 from app.exceptions import InvalidInput, UnsupportedMediaType
 from app.generation import Images
-from app.routes import ServiceDep, SettingsDep
+from app.routes import ServiceDep, SettingsDep, live_service
 from app.schemas import (DecodeRequest, EncodeResponse, ErrorResponse, ImagesResponse, InterpolateRequest,
                          MAX_SEED, SampleRequest)
 from app.settings import Settings
@@ -36,7 +38,7 @@ class ClientGone(Exception):
     pass
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work`` in this task; if the client disconnects first, cancel it (its queued rows
     are dropped) and raise ClientGone. One watcher task per request, nothing else."""
     task = asyncio.current_task()
@@ -44,7 +46,7 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
     async def watch() -> None:
         nonlocal gone
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
         gone = True
         task.cancel()
@@ -62,10 +64,6 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-async def in_png_pool(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(request.app.state.png_executor, fn, *args)
-
-
 def _headers(model: str, version: str, images: Images, seed: int | None) -> dict[str, str]:
     headers = {"X-Model-Version": version, "X-Model": model, "X-Labels": ",".join(map(str, images.labels))}
     if seed is not None:
@@ -73,20 +71,36 @@ def _headers(model: str, version: str, images: Images, seed: int | None) -> dict
     return headers
 
 
-async def render(request: Request, settings: Settings, model_name: str, version: str, classes: list[str],
-                 images: Images, *, fmt: str, columns: int, scale: int, seed: int | None,
-                 include_latents: bool = False, headers: dict[str, str] | None = None) -> Response:
-    level = settings.png_compress_level
-    request.state.log = {"model": model_name, "rows": len(images.pixels), "batch": images.batch_ids}
+@dataclass
+class Rendered:
+    """A 200 answer as bytes, for a FastAPI Response or a raw ASGI send (app/fastpath.py)."""
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+def json_bytes(content: Any) -> bytes:
+    """What JSONResponse sends for ``content``."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
+
+
+async def render_bytes(state: Any, scope: Scope, model_name: str, version: str, classes: list[str], images: Images, *,
+                       fmt: str, columns: int, scale: int, seed: int | None, include_latents: bool = False,
+                       headers: dict[str, str] | None = None) -> Rendered:
+    """PNG (one image or a grid) or JSON with base64 PNGs, encoded in the PNG thread pool; notes
+    model, rows and batch ids for the access log line."""
+    level = state.settings.png_compress_level
+    scope.setdefault("state", {})["log"] = {"model": model_name, "rows": len(images.pixels), "batch": images.batch_ids}
     hdrs = {**_headers(model_name, version, images, seed), **(headers or {})}
+    loop = asyncio.get_running_loop()
     if fmt == "png":
-        body = await in_png_pool(request, imaging.grid_png_bytes, images.pixels, columns, scale, level)
-        return Response(body, media_type="image/png", headers=hdrs)
+        body = await loop.run_in_executor(state.png_executor, imaging.grid_png_bytes, images.pixels, columns, scale, level)
+        return Rendered(body, "image/png", hdrs)
 
     def encode_all() -> list[str]:
         return [base64.b64encode(imaging.png_bytes(p, scale, level)).decode("ascii") for p in images.pixels]
 
-    pngs = await in_png_pool(request, encode_all)
+    pngs = await loop.run_in_executor(state.png_executor, encode_all)
     items = []
     for i, b64 in enumerate(pngs):
         item: dict[str, Any] = {"index": i, "seed": images.seeds[i] if images.seeds else None,
@@ -94,19 +108,42 @@ async def render(request: Request, settings: Settings, model_name: str, version:
         if include_latents and images.latents is not None:
             item["latent"] = images.latents[i].tolist()
         items.append(item)
-    return JSONResponse({"model": model_name, "version": version, "seed": seed, "images": items}, headers=hdrs)
+    return Rendered(json_bytes({"model": model_name, "version": version, "seed": seed, "images": items}),
+                    "application/json", hdrs)
+
+
+def respond(rendered: Rendered) -> Response:
+    return Response(rendered.body, media_type=rendered.media_type, headers=rendered.headers)
+
+
+async def in_png_pool(request: Request, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(request.app.state.png_executor, fn, *args)
+
+
+async def render(request: Request, settings: Settings, model_name: str, version: str, classes: list[str],
+                 images: Images, **kw: Any) -> Response:
+    return respond(await render_bytes(request.app.state, request.scope, model_name, version, classes, images, **kw))
+
+
+async def sample(state: Any, scope: Scope, receive: Receive, model: str, body: SampleRequest) -> Rendered:
+    """POST /samples after validation: shared by the route and the raw ASGI fast path.
+    Raises ServiceError subclasses, or ClientGone when the client hung up."""
+    service = live_service(state)
+    m = service.registry.get(model)
+    seed = service.random_seed() if body.seed is None else body.seed
+    images = await unless_disconnected(receive, service.sample(model, body.n, seed, body.labels, body.truncation))
+    return await render_bytes(state, scope, model, m.version, m.classes, images, fmt=body.format,
+                              columns=body.columns, scale=body.scale, seed=seed, include_latents=body.include_latents)
 
 
 @router.post("/samples", summary="Sample images from a model", responses={**PNG_OR_JSON, **ERRORS})
-async def samples(model: str, body: SampleRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
-    m = service.registry.get(model)
-    seed = service.random_seed() if body.seed is None else body.seed
+async def samples(model: str, body: SampleRequest, request: Request) -> Response:
+    # valid JSON bodies are served by app/fastpath.py before they get here; this route serves
+    # the rest (and documents the operation)
     try:
-        images = await unless_disconnected(request, service.sample(model, body.n, seed, body.labels, body.truncation))
+        return respond(await sample(request.app.state, request.scope, request.receive, model, body))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-    return await render(request, settings, model, m.version, m.classes, images, fmt=body.format, columns=body.columns,
-                        scale=body.scale, seed=seed, include_latents=body.include_latents)
 
 
 def _etag(*parts: Any) -> str:
@@ -141,7 +178,7 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
     else:
         seed = service.random_seed()
     try:
-        images = await unless_disconnected(request, service.sample(model, n, seed, labels, truncation))
+        images = await unless_disconnected(request.receive, service.sample(model, n, seed, labels, truncation))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     return await render(request, settings, model, m.version, m.classes, images, fmt="png", columns=columns,
@@ -152,7 +189,7 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
 async def decode(model: str, body: DecodeRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     m = service.registry.get(model)
     try:
-        images = await unless_disconnected(request, service.decode(model, body.latents, body.labels))
+        images = await unless_disconnected(request.receive, service.decode(model, body.latents, body.labels))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     return await render(request, settings, model, m.version, m.classes, images, fmt=body.format,
@@ -196,7 +233,7 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
     if spec is None:
         raise InvalidInput("label is required to encode with a class-conditional VAE (query ?label= or form field)")
     try:
-        stats, ys = await unless_disconnected(request, service.encode(model, pixels, spec))
+        stats, ys = await unless_disconnected(request.receive, service.encode(model, pixels, spec))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     latents = [{"mu": s[0].tolist(), "logvar": s[1].tolist(), "label": y} for s, y in zip(stats, ys)]
@@ -208,7 +245,7 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
 async def interpolate(model: str, body: InterpolateRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     m = service.registry.get(model)
     try:
-        images = await unless_disconnected(request, service.interpolate(
+        images = await unless_disconnected(request.receive, service.interpolate(
             model, body.start, body.end, body.steps, body.method, body.label, body.truncation))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)

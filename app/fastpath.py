@@ -1,0 +1,98 @@
+"""The hot route without the framework: ``POST /v1/models/{model}/samples`` with a valid JSON
+body is served here as raw ASGI: the body validated by pydantic in one call
+(``model_validate_json``), the same ``sample`` core as the FastAPI route, the answer sent as two
+ASGI messages. FastAPI's routing, dependency solving and Response objects cost about 1 ms of the
+event loop's CPU per request, the thread that also feeds the forward pass (docs/benchmarks.md).
+
+Everything else, including a body that fails validation (so its 422 reads exactly as the
+route's), goes on to FastAPI unchanged. Errors use the same table (``app.errors``)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import internal_error, service_error
+from app.exceptions import ServiceError
+from app.routes.generation import CLIENT_CLOSED, ClientGone, json_bytes, sample
+from app.schemas import SampleRequest
+
+SAMPLES_RE = re.compile(r"/v1/models/([^/]+)/samples$")
+ROUTE = "/v1/models/{model}/samples"  # the route label in metrics and logs
+
+
+def _is_json(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
+async def _send(send: Send, status: int, body: bytes, media_type: str | None, headers: dict[str, str] | None) -> None:
+    raw = [(b"content-length", str(len(body)).encode())]
+    if media_type:
+        raw.append((b"content-type", media_type.encode()))
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive that gives the already-read body once, then whatever comes next."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+class SamplesFastPath:
+    def __init__(self, app: ASGIApp, state: Any):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        m = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            m = SAMPLES_RE.search(scope["path"])
+        if m is None or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        try:
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # gone before the body arrived: nothing to answer
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+        except HTTPException as e:  # the body limit (app.middleware.BodyLimitMiddleware)
+            await _send(send, e.status_code, json_bytes({"error": {"code": "payload_too_large", "message": e.detail}}),
+                        "application/json", None)
+            return
+        body = b"".join(chunks)
+        try:
+            request = SampleRequest.model_validate_json(body)
+        except ValidationError:
+            await self.app(scope, _replay(body, receive), send)
+            return
+        scope["latentserve.route"] = ROUTE
+        try:
+            rendered = await sample(self.state, scope, receive, m.group(1), request)
+        except ClientGone:
+            await _send(send, CLIENT_CLOSED, b"", None, None)
+            return
+        except ServiceError as e:
+            status, payload, headers = service_error(e, "POST", scope["path"], getattr(self.state, "draining", False))
+            await _send(send, status, json_bytes(payload), "application/json", headers)
+            return
+        except Exception as e:  # noqa: BLE001 - as the app's last-resort handler: a 500 with an error id
+            status, payload, headers = internal_error("POST", scope["path"], e)
+            await _send(send, status, json_bytes(payload), "application/json", headers)
+            return
+        await _send(send, 200, rendered.body, rendered.media_type, rendered.headers)
