@@ -76,8 +76,10 @@ def latentserve_spec(port: int, weights_dir: Path, settings: dict[str, str], nam
 
 
 def latentserve(common: Common, port: int, batching: bool) -> ServerSpec:
+    # throughput and latency are measured, not load shedding: the queue bounds are set out of reach
     settings = {"MODELS": common.model, "DEVICE": common.device, "TORCH_THREADS": str(common.torch_threads),
-                "MAX_QUEUE_ROWS": str(common.max_queue_rows), "PNG_COMPRESS_LEVEL": str(common.png_level)}
+                "MAX_QUEUE_ROWS": str(common.max_queue_rows), "MAX_QUEUE_WAIT_S": "0",
+                "PNG_COMPRESS_LEVEL": str(common.png_level)}
     if not batching:
         settings.update(MAX_BATCH_ROWS="1", MIN_BATCH_ROWS="1")
     elif common.max_batch_rows:
