@@ -164,24 +164,28 @@ class Batcher:
         checks this too; callers check it first to refuse work before preparing its inputs."""
         if not self._accepting or not self.running:
             raise NotReady(f"model {self.name} is not accepting work")
-        if self._queued_rows + n > self.max_queue_rows:
+        refusal = self._refusal(n)
+        if refusal is not None:
             self.metrics.rows(self.name, "rejected", n)
-            raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued; "
-                            f"{n} more would exceed the bound of {self.max_queue_rows}", self.retry_after_s())
-        wait = self.expected_wait_s(n)
-        if self.max_queue_wait_s and self._queued_rows and wait > self.max_queue_wait_s:
-            self.metrics.rows(self.name, "rejected", n)
-            raise QueueFull(f"model {self.name} has {self._queued_rows} rows queued, about {wait:.1f} s of work with "
-                            f"these {n}; the bound is {self.max_queue_wait_s:g} s", self.retry_after_s())
-
-    def _update_rate(self, rate: float) -> None:
-        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
+            raise QueueFull(refusal, self.retry_after_s())
 
     def saturated(self) -> bool:
         """True when not even one more row would be admitted (queue full in rows or in time)."""
-        if self._queued_rows + 1 > self.max_queue_rows:
-            return True
-        return bool(self.max_queue_wait_s and self._queued_rows and self.expected_wait_s(1) > self.max_queue_wait_s)
+        return self._refusal(1) is not None
+
+    def _refusal(self, n: int) -> str | None:
+        """Why ``n`` more rows cannot be queued now, or None: the bound in rows, then in time."""
+        if self._queued_rows + n > self.max_queue_rows:
+            return (f"model {self.name} has {self._queued_rows} rows queued; "
+                    f"{n} more would exceed the bound of {self.max_queue_rows}")
+        wait = self.expected_wait_s(n)
+        if self.max_queue_wait_s and self._queued_rows and wait > self.max_queue_wait_s:
+            return (f"model {self.name} has {self._queued_rows} rows queued, about {wait:.1f} s of work with "
+                    f"these {n}; the bound is {self.max_queue_wait_s:g} s")
+        return None
+
+    def _update_rate(self, rate: float) -> None:
+        self._rows_per_s = rate if self._rows_per_s == 0 else 0.8 * self._rows_per_s + 0.2 * rate
 
     def expected_wait_s(self, n: int = 0) -> float:
         """Seconds until ``n`` more rows would be done, from the measured rows/s (0 if unknown)."""

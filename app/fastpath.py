@@ -16,9 +16,10 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import internal_error, service_error
+from app.asgi import send_json, send_response
+from app.errors import error_body, internal_error, service_error
 from app.exceptions import ServiceError
-from app.routes.generation import CLIENT_CLOSED, ClientGone, json_bytes, sample
+from app.routes.generation import CLIENT_CLOSED, ClientGone, sample
 from app.schemas import SampleRequest
 
 SAMPLES_RE = re.compile(r"/v1/models/([^/]+)/samples$")
@@ -30,15 +31,6 @@ def _is_json(scope: Scope) -> bool:
         if name == b"content-type":
             return value.split(b";", 1)[0].strip().lower() == b"application/json"
     return False
-
-
-async def _send(send: Send, status: int, body: bytes, media_type: str | None, headers: dict[str, str] | None) -> None:
-    raw = [(b"content-length", str(len(body)).encode())]
-    if media_type:
-        raw.append((b"content-type", media_type.encode()))
-    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -72,8 +64,7 @@ class SamplesFastPath:
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
         except HTTPException as e:  # the body limit (app.middleware.BodyLimitMiddleware)
-            await _send(send, e.status_code, json_bytes({"error": {"code": "payload_too_large", "message": e.detail}}),
-                        "application/json", None)
+            await send_json(send, e.status_code, error_body("payload_too_large", e.detail))
             return
         body = b"".join(chunks)
         try:
@@ -85,14 +76,14 @@ class SamplesFastPath:
         try:
             rendered = await sample(self.state, scope, receive, m.group(1), request)
         except ClientGone:
-            await _send(send, CLIENT_CLOSED, b"", None, None)
+            await send_response(send, CLIENT_CLOSED)
             return
         except ServiceError as e:
             status, payload, headers = service_error(e, "POST", scope["path"], getattr(self.state, "draining", False))
-            await _send(send, status, json_bytes(payload), "application/json", headers)
+            await send_json(send, status, payload, headers)
             return
         except Exception as e:  # noqa: BLE001 - as the app's last-resort handler: a 500 with an error id
             status, payload, headers = internal_error("POST", scope["path"], e)
-            await _send(send, status, json_bytes(payload), "application/json", headers)
+            await send_json(send, status, payload, headers)
             return
-        await _send(send, 200, rendered.body, rendered.media_type, rendered.headers)
+        await send_response(send, 200, rendered.body, rendered.media_type, rendered.headers)

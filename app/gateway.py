@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.asgi import send_json
 
 PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
@@ -92,9 +93,6 @@ class ApiKeyMiddleware:
         if path in self.open or scope["method"] == "OPTIONS" or self._authorised(scope):
             await self.app(scope, receive, send)
             return
-        body = json.dumps({"error": {"code": "unauthorized", "message":
-                                     "a valid API key is required: Authorization: Bearer <key> or X-API-Key: <key>"}}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="latentserve"')]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 401, {"error": {"code": "unauthorized", "message":
+                                              "a valid API key is required: Authorization: Bearer <key> or X-API-Key: <key>"}},
+                        {"WWW-Authenticate": 'Bearer realm="latentserve"'})

@@ -22,9 +22,9 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.openapi import tailored_openapi
 from app.registry import Registry
-from app.shedding import LoadShedMiddleware
 from app.routes import generation, health, models
 from app.settings import Settings
+from app.shedding import LoadShedMiddleware
 
 log = logging.getLogger("latentserve")
 

@@ -4,7 +4,6 @@ request. (Pure ASGI rather than BaseHTTPMiddleware: no extra task or body copy p
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import time
@@ -13,6 +12,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.asgi import send_json
 from app.metrics import Metrics
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -94,7 +94,7 @@ class BodyLimitMiddleware:
             if name == b"content-length":
                 if value.isdigit() and int(value) > limit:
                     message = f"request body of {int(value)} bytes exceeds the limit of {limit} bytes ({setting})"
-                    await _send_json(send, 413, {"error": {"code": "payload_too_large", "message": message}})
+                    await send_json(send, 413, {"error": {"code": "payload_too_large", "message": message}})
                     return
                 break
         received = 0
@@ -110,9 +110,3 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited, send)
 
-
-async def _send_json(send: Send, status: int, payload: dict) -> None:
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

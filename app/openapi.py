@@ -32,14 +32,15 @@ def tailor(schema: dict[str, Any], settings: Settings, model_names: list[str]) -
 def tailored_openapi(app: Any, settings: Settings, model_names: Callable[[], list[str]]) -> Callable[[], dict[str, Any]]:
     """A replacement for ``app.openapi``: FastAPI's document, tailored once the models are known."""
     base = app.openapi
+    tailored = False  # to the served models; until they are loaded, built again on each call
 
     def openapi() -> dict[str, Any]:
-        names = model_names()
-        if app.openapi_schema is None or (names and not getattr(app.state, "openapi_tailored", False)):
-            app.openapi_schema = None
-            schema = tailor(base(), settings, names)
-            app.state.openapi_tailored = bool(names)
-            app.openapi_schema = schema
+        nonlocal tailored
+        if not tailored:
+            names = model_names()
+            app.openapi_schema = None  # FastAPI's base() caches its document there
+            app.openapi_schema = tailor(base(), settings, names)
+            tailored = bool(names)
         return app.openapi_schema
 
     return openapi

@@ -6,13 +6,13 @@ of CPU here; under a 4x overload those refusals took the cores the forward pass 
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import ERROR_TABLE
+from app.asgi import send_json
+from app.errors import ERROR_TABLE, error_body
 from app.exceptions import QueueFull
 
 ROUTE_RE = re.compile(r"/v1/models/([^/]+)/(samples|samples\.png|decode|interpolate|encode)$")
@@ -41,12 +41,8 @@ class LoadShedMiddleware:
             return
         retry = batcher.retry_after_s()
         self.shed.labels(model).inc()
-        body = json.dumps({"error": {"code": CODE, "message": f"model {model} is at capacity: its queue holds "
-                                     f"{batcher.queued_rows} rows, about {batcher.expected_wait_s():.1f} s of work; "
-                                     f"retry after {retry} s or on another replica"}}).encode()
+        message = (f"model {model} is at capacity: its queue holds {batcher.queued_rows} rows, about "
+                   f"{batcher.expected_wait_s():.1f} s of work; retry after {retry} s or on another replica")
         scope["latentserve.route"] = TEMPLATE + op
         scope.setdefault("state", {})["log"] = {"model": model, "shed": True}
-        await send({"type": "http.response.start", "status": STATUS, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(retry).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, STATUS, error_body(CODE, message), {"Retry-After": str(retry)})

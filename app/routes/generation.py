@@ -17,12 +17,19 @@ from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope
 
 from app import imaging
+from app.asgi import json_bytes
 from app.exceptions import InvalidInput, UnsupportedMediaType
 from app.generation import Images
 from app.routes import ServiceDep, SettingsDep, live_service
-from app.schemas import (DecodeRequest, EncodeResponse, ErrorResponse, ImagesResponse, InterpolateRequest,
-                         MAX_SEED, SampleRequest)
-from app.settings import Settings
+from app.schemas import (
+    MAX_SEED,
+    DecodeRequest,
+    EncodeResponse,
+    ErrorResponse,
+    ImagesResponse,
+    InterpolateRequest,
+    SampleRequest,
+)
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["generation"])
 T = TypeVar("T")
@@ -79,11 +86,6 @@ class Rendered:
     headers: dict[str, str]
 
 
-def json_bytes(content: Any) -> bytes:
-    """What JSONResponse sends for ``content``."""
-    return json.dumps(content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode("utf-8")
-
-
 async def render_bytes(state: Any, scope: Scope, model_name: str, version: str, classes: list[str], images: Images, *,
                        fmt: str, columns: int, scale: int, seed: int | None, include_latents: bool = False,
                        headers: dict[str, str] | None = None) -> Rendered:
@@ -124,8 +126,8 @@ async def in_png_pool(request: Request, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.get_running_loop().run_in_executor(request.app.state.png_executor, fn, *args)
 
 
-async def render(request: Request, settings: Settings, model_name: str, version: str, classes: list[str],
-                 images: Images, **kw: Any) -> Response:
+async def render(request: Request, model_name: str, version: str, classes: list[str], images: Images,
+                 **kw: Any) -> Response:
     return respond(await render_bytes(request.app.state, request.scope, model_name, version, classes, images, **kw))
 
 
@@ -185,18 +187,18 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
         images = await unless_disconnected(request.receive, service.sample(model, n, seed, labels, truncation))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-    return await render(request, settings, model, m.version, m.classes, images, fmt="png", columns=columns,
+    return await render(request, model, m.version, m.classes, images, fmt="png", columns=columns,
                         scale=scale, seed=seed, headers=cache)
 
 
 @router.post("/decode", summary="Images from given latents", responses={**PNG_OR_JSON, **ERRORS})
-async def decode(model: str, body: DecodeRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+async def decode(model: str, body: DecodeRequest, request: Request, service: ServiceDep) -> Response:
     m = service.registry.get(model)
     try:
         images = await unless_disconnected(request.receive, service.decode(model, body.latents, body.labels))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
-    return await render(request, settings, model, m.version, m.classes, images, fmt=body.format,
+    return await render(request, model, m.version, m.classes, images, fmt=body.format,
                         columns=body.columns, scale=body.scale, seed=None)
 
 
@@ -246,7 +248,7 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
 
 @router.post("/interpolate", summary="Frames between two latents: a strip PNG, an animated GIF or JSON",
              responses={200: {"content": {"image/png": {}, "image/gif": {}, "application/json": {}}}, **ERRORS})
-async def interpolate(model: str, body: InterpolateRequest, request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+async def interpolate(model: str, body: InterpolateRequest, request: Request, service: ServiceDep) -> Response:
     m = service.registry.get(model)
     try:
         images = await unless_disconnected(request.receive, service.interpolate(
@@ -257,5 +259,5 @@ async def interpolate(model: str, body: InterpolateRequest, request: Request, se
     if body.format == "gif":
         gif = await in_png_pool(request, imaging.gif_bytes, images.pixels, body.frame_ms, body.scale)
         return Response(gif, media_type="image/gif", headers=_headers(model, m.version, images, None))
-    return await render(request, settings, model, m.version, m.classes, images, fmt=body.format,
+    return await render(request, model, m.version, m.classes, images, fmt=body.format,
                         columns=body.steps, scale=body.scale, seed=None, include_latents=True)
