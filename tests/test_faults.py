@@ -32,6 +32,13 @@ def refuse(weights: Path, **env: str) -> str:
     return lines[0]
 
 
+def edit_card(folder: Path, name: str, change) -> None:
+    card_path = folder / f"{name}.json"
+    card = json.loads(card_path.read_text())
+    change(card)
+    card_path.write_text(json.dumps(card))
+
+
 def _flip_last_byte(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
@@ -63,10 +70,7 @@ def test_truncated_weights_with_a_matching_sha_refuse_to_start(tmp_path: Path, t
     w = copy_weights(tiny_weights, tmp_path / "w")
     blob = w / "tiny-gan.safetensors"
     blob.write_bytes(blob.read_bytes()[: blob.stat().st_size - 64])
-    card_path = w / "tiny-gan.json"
-    card = json.loads(card_path.read_text())
-    card["sha256"] = sha256_file(blob)
-    card_path.write_text(json.dumps(card))
+    edit_card(w, "tiny-gan", lambda card: card.update(sha256=sha256_file(blob)))
     line = refuse(w)
     assert "tiny-gan" in line
 
@@ -74,10 +78,7 @@ def test_truncated_weights_with_a_matching_sha_refuse_to_start(tmp_path: Path, t
 @pytest.mark.e2e
 def test_card_that_does_not_match_the_tensors_refuses_to_start(tmp_path: Path, tiny_weights: Path):
     w = copy_weights(tiny_weights, tmp_path / "w")
-    card_path = w / "tiny-gan.json"
-    card = json.loads(card_path.read_text())
-    card["config"]["latent_dim"] += 1
-    card_path.write_text(json.dumps(card))
+    edit_card(w, "tiny-gan", lambda card: card["config"].update(latent_dim=card["config"]["latent_dim"] + 1))
     line = refuse(w)
     assert "tiny-gan" in line and ("latent_dim" in line or "shape" in line)
 

@@ -290,13 +290,20 @@ def block_forward(app, model: str = "tiny-gan") -> tuple[threading.Event, thread
     return release, entered, rows
 
 
+async def hold_a_pass_and_queue(app, client, queued_rows: int):
+    """An 8-row pass held in the forward thread and a request of ``queued_rows`` queued behind
+    it (the app has MAX_QUEUE_ROWS=8). Returns (release, first, queued)."""
+    release, entered, _ = block_forward(app)
+    first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 8, "seed": 1}))
+    await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+    queued = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": queued_rows, "seed": 2}))
+    await wait_for_queued(app.state.service.generators["tiny-gan"], queued_rows)
+    return release, first, queued
+
+
 async def test_queue_full_gives_429_and_service_recovers(app_factory):
     async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8) as (app, client):
-        release, entered, _ = block_forward(app)
-        first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 8, "seed": 1}))
-        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
-        queued = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 6, "seed": 2}))
-        await asyncio.sleep(0.05)
+        release, first, queued = await hold_a_pass_and_queue(app, client, 6)
         r = await client.post(f"{GAN}/samples", json={"n": 3, "seed": 3})
         err = assert_error(r, 429, "queue_full")
         assert int(r.headers["retry-after"]) >= 1 and "8" in err["message"]
@@ -309,15 +316,8 @@ async def test_queue_full_gives_429_and_service_recovers(app_factory):
 
 async def test_full_queue_sheds_requests_before_parsing_them(app_factory):
     async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8) as (app, client):
-        release, entered, _ = block_forward(app)
-        first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 8, "seed": 1}))
-        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
-        queued = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 8, "seed": 2}))
+        release, first, queued = await hold_a_pass_and_queue(app, client, 8)
         batcher = app.state.service.generators["tiny-gan"]
-        for _ in range(100):
-            if batcher.queued_rows == 8:
-                break
-            await asyncio.sleep(0.01)
         assert batcher.saturated()
         # not even parsed: a body that would be a 422 gets the 429 of a full queue
         for r in (await client.post(f"{GAN}/samples", content=b"{not json"),
