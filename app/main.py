@@ -77,7 +77,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             forward_executor.shutdown(wait=True)
             state.png_executor.shutdown(wait=True)
 
+    otel = settings.opentelemetry
     app = FastAPI(title="latentserve", version="0.1.0", lifespan=lifespan,
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel},
                   description="On-demand samples from class-conditional GAN and VAE image generators, "
                               "micro-batched across clients. PNGs or JSON latents.")
     app.state.settings = settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4, 5, 10, 30)
@@ -29,18 +31,33 @@ class Metrics:
                             ["model"], registry=r)
         self.ready = Gauge("latentserve_ready", "1 when models are loaded, warmed up and batchers run", registry=r)
 
+        # labels() validates and locks on every call (~5 us, several times per request on the
+        # event loop); the children are looked up once per label set and kept. Every label set
+        # is bounded: models, outcomes, route templates, methods and status codes.
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # the BatcherMetrics protocol
     def batch(self, model: str, rows: int, seconds: float) -> None:
-        self.batch_rows.labels(model).observe(rows)
-        self.forward.labels(model).observe(seconds)
+        self._child(self.batch_rows, model).observe(rows)
+        self._child(self.forward, model).observe(seconds)
 
     def rows(self, model: str, outcome: str, count: int) -> None:
-        self.row_outcomes.labels(model, outcome).inc(count)
+        self._child(self.row_outcomes, model, outcome).inc(count)
 
     def queue_rows(self, model: str, rows: int) -> None:
-        self.queue.labels(model).set(rows)
+        self._child(self.queue, model).set(rows)
+
+    def shed_request(self, model: str) -> None:
+        self._child(self.shed, model).inc()
 
     def request(self, method: str, route: str, status: int, seconds: float) -> None:
         code = str(status)
-        self.requests.labels(method, route, code).inc()
-        self.latency.labels(method, route, code).observe(seconds)
+        self._child(self.requests, method, route, code).inc()
+        self._child(self.latency, method, route, code).observe(seconds)

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     log_format: Literal["json", "text"] = "json"
+    opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry spans, metrics and logs, sent to the "
+                                "globally configured providers; off by default: it looks them up on every request")
     drain_timeout_s: float = Field(25.0, ge=0, le=3600, description="on SIGTERM, how long accepted work may take to finish")
     # behind a gateway
     root_path: str = Field("", pattern=r"^(/[A-Za-z0-9._~-]+)*$", description="path prefix the gateway strips")

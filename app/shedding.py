@@ -24,7 +24,7 @@ class LoadShedMiddleware:
     def __init__(self, app: ASGIApp, state: Any):
         self.app = app
         self.state = state  # the app's state: the generation service appears there at startup
-        self.shed = state.metrics.shed
+        self.metrics = state.metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = getattr(self.state, "service", None)
@@ -40,7 +40,7 @@ class LoadShedMiddleware:
             await self.app(scope, receive, send)
             return
         retry = batcher.retry_after_s()
-        self.shed.labels(model).inc()
+        self.metrics.shed_request(model)
         message = (f"model {model} is at capacity: its queue holds {batcher.queued_rows} rows, about "
                    f"{batcher.expected_wait_s():.1f} s of work; retry after {retry} s or on another replica")
         scope["latentserve.route"] = TEMPLATE + op
