@@ -22,7 +22,10 @@ class Settings(BaseSettings):
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 = torch's default")
-    max_batch_rows: int = Field(64, ge=1, le=4096)
+    torchscript: bool = Field(True, description="run each forward pass as one frozen TorchScript graph, without the "
+                              "GIL (kept only where its pixels equal eager mode's bit for bit)")
+    max_batch_rows: int = Field(32, ge=1, le=4096, description="most rows in one forward pass; on a CPU, 32 lets the "
+                                "event loop answer one pass while the next computes; raise it on a GPU")
     min_batch_rows: int = Field(1, ge=1, le=4096, description="floor of the padded batch shapes; warm-up may raise it (README: batch invariance)")
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
     max_queue_rows: int = Field(2048, ge=1)
