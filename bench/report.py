@@ -193,9 +193,11 @@ def markdown(results: dict) -> str:
     ]
     if results.get("limit"):
         out += ["## The limit: in process, no HTTP", "",
-                "`Registry.from_settings` -> `ServedModel.generate_rows` (the server's forward path, every size a "
-                "bucket) and `app.imaging.png_bytes` per image, one thread calling; no latent sampling, no HTTP, no "
-                "queue. In the server, PNG encoding runs in its own threads, overlapping the next forward pass.", "",
+                "`Registry.from_settings` -> `ServedModel.generate_rows` (the server's forward path: the same "
+                "TorchScript graph when the server's warm-up keeps one, every size a bucket) and "
+                "`app.imaging.png_bytes` per image, one thread calling, one after the other; no latent sampling, no "
+                "HTTP, no queue. In the server, the event loop encodes a single image's PNG (grids go to the PNG "
+                "threads) while the next pass computes.", "",
                 _limit_table(results["limit"]), ""]
     out += ["## Servers", "",
             "Single-image requests `POST /v1/models/{model}/samples` with `{\"n\": 1, \"seed\": s}` at "
