@@ -94,6 +94,21 @@ def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, r
             "png_compress_level": png_level, "torch_threads": torch.get_num_threads()}
 
 
+def forward_png_rate(model: ServedModel, batch: int, seconds: float, png_level: int = 1, seed: int = 0) -> float:
+    """One timed window of forward + PNG at ``batch`` rows (padded as the server pads): images/s.
+    bench.run alternates these windows with the server's c=64 runs (the paired share of the limit)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, model.latent_dim, generator=g)
+    y = torch.arange(batch) % len(model.classes)
+
+    def forward_png() -> None:
+        for p in model.generate_rows(z, y):
+            png_bytes(p, 1, png_level)
+
+    rate, _ = _rate(forward_png, batch, seconds, 1)
+    return rate
+
+
 def interpolate(rows: list[dict], key: str, batch: float) -> tuple[float, int]:
     """`key` at a (fractional) batch size: linear in log2(batch) between the measured sizes around
     it, clamped at the ends. Also returns the nearest measured size (in log2 distance)."""

@@ -45,6 +45,7 @@ def ratios(results: dict, server_min_rows: int) -> dict:
             "pct_of_nearest": 100 * ls64["img_per_s"] / at_nearest,
             "best_limit_img_per_s": max(r["forward_png_img_per_s"] for r in limit["batch_sizes"]),
         }
+    out["share_of_limit_paired"] = results["servers"].get("latentserve", {}).get("paired_share")
     ls1, base1 = _cell(results, "latentserve", "c1"), _cell(results, "baseline", "c1")
     b1 = next((r for r in (limit or {}).get("batch_sizes", []) if r["batch"] == 1), None)
     if b1 and ls1 and base1:
@@ -136,6 +137,18 @@ def _ratios_md(r: dict) -> list[str]:
                 f"batch size is {_f(s['best_limit_img_per_s'])} img/s.", ""]
     else:
         out += ["**Share of the in-process limit:** n/a (needs the limit and latentserve at c=64).", ""]
+    p = r.get("share_of_limit_paired")
+    if p:
+        rows = "\n".join(f"| {i + 1} | {_f(x['limit_img_per_s'])} | {_f(x['server_img_per_s'])} | {_f(x['pct'])}% |"
+                         for i, x in enumerate(p["pairs"]))
+        out += [f"**Share of the limit, side by side.** The limit above was measured minutes before the servers, "
+                f"and this machine's speed drifts by ±20% over minutes. So the share is also measured in "
+                f"{len(p['pairs'])} alternating pairs, after the latentserve cells: one in-process window of forward + "
+                f"PNG at {p['batch']} rows (the {_f(p['mean_batch_rows'])} rows per pass latentserve formed at c=64), "
+                f"then one c=64 run of latentserve, {_f(p['seconds'], 0)} s each. Median share: "
+                f"**{_f(p['median_pct'])}%** (median limit {_f(p['median_limit_img_per_s'])} img/s, median "
+                f"latentserve {_f(p['median_server_img_per_s'])} img/s).", "",
+                "| pair | limit img/s | latentserve img/s | share |", "|---:|---:|---:|---:|", rows, ""]
     c = r.get("single_image_latency")
     if c:
         out += ["**One image, no concurrency (c=1).** The plain FastAPI server's HTTP overhead is its c=1 p50 minus "

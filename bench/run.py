@@ -198,7 +198,35 @@ def measure_cell(server: servers.Server, load: Load, args: argparse.Namespace, w
     return cell
 
 
-def bench_server(spec: servers.ServerSpec, port: int, args: argparse.Namespace, wrk: str, log_dir: Path, index: int) -> dict:
+PAIRED_LOAD = next(ld for ld in LOADS if ld.name == "c64")
+
+
+def paired_share(server: servers.Server, model, rows: float, args: argparse.Namespace, wrk: str) -> dict:
+    """The share of the limit measured side by side: ``args.runs`` pairs of (one in-process window of
+    forward + PNG at the batch size the server formed at c=64, then one c=64 run of the server),
+    alternating, so both halves of a pair see the same machine. On a shared machine the limit
+    measured minutes earlier can be 20% off in either direction (docs/benchmarks.md)."""
+    from bench import limit
+
+    batch = max(1, round(rows))
+    pairs = []
+    for i in range(args.runs):
+        wait_idle(server)
+        lim = limit.forward_png_rate(model, batch, args.duration, seed=i)
+        wait_idle(server)
+        r = loadgen.run_wrk(wrk, server.url, PAIRED_LOAD, args.duration, 900_000_000 + i * 10_000_000, args.wrk_threads)
+        pairs.append({"limit_img_per_s": lim, "server_img_per_s": r["img_per_s"], "server_p99_ms": r["p99_ms"],
+                      "non_2xx": r["non_2xx"], "pct": 100.0 * r["img_per_s"] / lim})
+        log(f"  paired share {i + 1}: limit {lim:7.1f} img/s at batch {batch}, latentserve c64 {r['img_per_s']:7.1f} img/s "
+            f"= {pairs[-1]['pct']:.1f}%")
+    return {"load": PAIRED_LOAD.name, "batch": batch, "mean_batch_rows": rows, "seconds": args.duration, "pairs": pairs,
+            "median_pct": statistics.median(p["pct"] for p in pairs),
+            "median_limit_img_per_s": statistics.median(p["limit_img_per_s"] for p in pairs),
+            "median_server_img_per_s": statistics.median(p["server_img_per_s"] for p in pairs)}
+
+
+def bench_server(spec: servers.ServerSpec, port: int, args: argparse.Namespace, wrk: str, log_dir: Path, index: int,
+                 limit_model=None) -> dict:
     server = servers.Server(spec, port, log_dir)
     log(f"starting {spec.name}: {' '.join(spec.argv)} (port {port})")
     result: dict = {"title": spec.title, "settings": spec.settings, "notes": spec.notes, "cells": {}}
@@ -211,6 +239,9 @@ def bench_server(spec: servers.ServerSpec, port: int, args: argparse.Namespace, 
         result["memory_idle"] = server.memory()
         for j, load in enumerate(args.load_list):
             result["cells"][load.name] = measure_cell(server, load, args, wrk, seed_base=(index * 7 + j) * 100_000_000 % 2**30)
+        formed = result["cells"].get(PAIRED_LOAD.name, {}).get("median", {}).get("mean_batch_rows")
+        if limit_model is not None and formed:
+            result["paired_share"] = paired_share(server, limit_model, formed, args, wrk)
         wait_idle(server)
         result["memory_after"] = server.memory()
     finally:
@@ -243,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                             max_batch_rows=args.max_batch_rows)
     log(f"benchmark of {args.model} on {device}, {args.torch_threads} torch threads; server logs in {log_dir}")
 
+    model = None  # the limit's model, kept for the paired share of the limit
     if not args.no_limit:
         from bench import limit
 
@@ -252,7 +284,6 @@ def main(argv: list[str] | None = None) -> int:
         server_min_rows = model.calibrated_min_rows
         results["limit"] = limit.measure(model, batch_sizes=batches, seconds=args.limit_seconds, repeats=args.runs,
                                          server_min_rows=server_min_rows, log=log)
-        del model
 
     for i, name in enumerate(args.server_list):
         port = servers.free_port()
@@ -263,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      args.litserve_max_batch_size, args.litserve_batch_timeout),
                 }[name]()
         try:
-            results["servers"][name] = bench_server(spec, port, args, wrk, log_dir, i)
+            results["servers"][name] = bench_server(spec, port, args, wrk, log_dir, i,
+                                                    limit_model=model if name == "latentserve" else None)
         except RuntimeError as e:  # a server that fails does not cost the other results
             log(f"{name} FAILED: {e}")
             results["servers"][name] = {"title": spec.title, "settings": spec.settings, "notes": spec.notes,
