@@ -29,6 +29,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.settings import Settings
 from bench import rawhttp
 from bench.hostile import small_png
 from bench.loadgen import WRK_TIMEOUT, find_wrk
@@ -240,7 +241,8 @@ def disconnect(args: argparse.Namespace) -> dict:
         "bursts": args.bursts, "clients_per_burst": args.clients, "rows_per_request": n, "hang_up_after_s": args.hang_up_s,
         "requests_sent": sent, "rows_asked": sent * n, "rows": rows, "rows_delivered": delivered,
         "rows_computed_per_burst": rows["computed"] / args.bursts,
-        "one_batch_rows": 64, "queue_rows_after": value(after, "latentserve_queue_rows"),
+        "one_batch_rows": Settings.model_fields["max_batch_rows"].default,  # the server runs the defaults
+        "queue_rows_after": value(after, "latentserve_queue_rows"),
         "served_after": status == 200 and png.startswith(b"\x89PNG"),
         "fds": {"start": start_stats["fds"], "end": end_stats["fds"]},
         "threads": {"start": start_stats["threads"], "end": end_stats["threads"]},
