@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from app.gateway import ApiKeyMiddleware
+from app.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.logs import JsonFormatter
 from app.middleware import RequestIdFilter
 
@@ -118,3 +118,13 @@ async def test_access_log_line_carries_request_id_model_rows_batch_and_forwarded
     assert line["request_id"] == "req-42" and line["status"] == 200 and line["method"] == "POST"
     assert line["model"] == "tiny-gan" and line["rows"] == 3 and len(line["batch"]) >= 1
     assert line["client"] == "203.0.113.9" and line["latency_ms"] > 0
+
+
+def test_trusted_proxy_answers_are_cached_within_a_bound():
+    mw = ProxyHeadersMiddleware(app=None, trusted=["10.0.0.0/8", "::1"])
+    assert mw._trusted("10.1.2.3") and mw._trusted("::1")
+    assert not mw._trusted("192.168.0.1") and not mw._trusted("not an address") and not mw._trusted(None)
+    assert mw._trusted("10.1.2.3") and not mw._trusted("192.168.0.1")  # the same answers from the cache
+    for i in range(10_000):  # addresses from X-Forwarded-For are the client's to choose
+        assert mw._trusted(f"10.0.{i // 256 % 256}.{i % 256}") and not mw._trusted(f"172.16.{i // 256 % 256}.{i % 256}")
+    assert len(mw._seen) <= 4096
