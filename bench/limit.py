@@ -35,6 +35,19 @@ def load(weights_dir: Path, model: str, device: str, torch_threads: int, max_row
     return served
 
 
+def _inputs(model: ServedModel, batch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random latents and cycling labels for a pass of ``batch`` rows."""
+    return torch.randn(batch, model.latent_dim, generator=g), torch.arange(batch) % len(model.classes)
+
+
+def _forward_png(model: ServedModel, z: torch.Tensor, y: torch.Tensor, png_level: int) -> Callable[[], None]:
+    """One pass of the server's forward path, then every image as a PNG, in this thread."""
+    def forward_png() -> None:
+        for p in model.generate_rows(z, y):
+            png_bytes(p, 1, png_level)
+    return forward_png
+
+
 def _rate(fn: Callable[[], None], images: int, seconds: float, repeats: int) -> tuple[float, list[float]]:
     """Median images/s over `repeats` windows; each window calls fn until `seconds` have passed."""
     fn()  # not timed
@@ -54,19 +67,14 @@ def _rate(fn: Callable[[], None], images: int, seconds: float, repeats: int) -> 
 def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, repeats: int = 3,
             png_level: int = 1, server_min_rows: int = 8, log: Callable[[str], None] = print) -> dict:
     g = torch.Generator().manual_seed(0)
-    classes = len(model.classes)
     rows = []
     for b in batch_sizes:
-        z = torch.randn(b, model.latent_dim, generator=g)
-        y = torch.arange(b) % classes
+        z, y = _inputs(model, b, g)
         pixels = model.generate_rows(z, y)
+        forward_png = _forward_png(model, z, y, png_level)
 
         def forward() -> None:
             model.generate_rows(z, y)
-
-        def forward_png() -> None:
-            for p in model.generate_rows(z, y):
-                png_bytes(p, 1, png_level)
 
         def png_only() -> None:
             for p in pixels:
@@ -81,8 +89,7 @@ def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, r
         log(f"  limit batch {b:>3}: forward {fwd:9.1f} img/s   forward+png {full:9.1f} img/s")
 
     # What latentserve does for a lone one-image request: a pass padded to its smallest bucket.
-    z1 = torch.randn(server_min_rows, model.latent_dim, generator=g)
-    y1 = torch.arange(server_min_rows) % classes
+    z1, y1 = _inputs(model, server_min_rows, g)
 
     def lone_request() -> None:
         png_bytes(model.generate_rows(z1, y1)[0], 1, png_level)
@@ -97,15 +104,8 @@ def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, r
 def forward_png_rate(model: ServedModel, batch: int, seconds: float, png_level: int = 1, seed: int = 0) -> float:
     """One timed window of forward + PNG at ``batch`` rows (padded as the server pads): images/s.
     bench.run alternates these windows with the server's c=64 runs (the paired share of the limit)."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, model.latent_dim, generator=g)
-    y = torch.arange(batch) % len(model.classes)
-
-    def forward_png() -> None:
-        for p in model.generate_rows(z, y):
-            png_bytes(p, 1, png_level)
-
-    rate, _ = _rate(forward_png, batch, seconds, 1)
+    z, y = _inputs(model, batch, torch.Generator().manual_seed(seed))
+    rate, _ = _rate(_forward_png(model, z, y, png_level), batch, seconds, 1)
     return rate
 
 

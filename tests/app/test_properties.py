@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.imaging import decode_upload
@@ -39,12 +39,20 @@ def bodies(keys: list[str]) -> st.SearchStrategy[dict]:
 
 # -- request models --
 
+def validated(model: type[BaseModel], body: object) -> BaseModel | None:
+    """The request model built from ``body``, or None when validation refuses it (the only
+    exception allowed)."""
+    try:
+        return model.model_validate(body)
+    except ValidationError:
+        return None
+
+
 @FAST
 @given(bodies(list(SampleRequest.model_fields)))
 def test_sample_request_is_valid_or_a_validation_error(body):
-    try:
-        req = SampleRequest.model_validate(body)
-    except ValidationError:
+    req = validated(SampleRequest, body)
+    if req is None:
         return
     assert 1 <= req.n <= 4096 and 1 <= req.columns <= 256 and 1 <= req.scale <= 16
     assert req.seed is None or 0 <= req.seed <= MAX_SEED
@@ -71,9 +79,8 @@ def test_every_sample_request_in_bounds_round_trips_through_json(req):
 @given(st.lists(st.lists(st.floats(width=32), min_size=1, max_size=6), min_size=1, max_size=4))
 def test_decode_request_accepts_exactly_the_finite_latents(latents):
     finite = all(math.isfinite(v) for row in latents for v in row)
-    try:
-        req = DecodeRequest.model_validate({"latents": latents})
-    except ValidationError:
+    req = validated(DecodeRequest, {"latents": latents})
+    if req is None:
         assert not finite
         return
     assert finite and req.latents == latents
@@ -82,9 +89,8 @@ def test_decode_request_accepts_exactly_the_finite_latents(latents):
 @FAST
 @given(bodies(list(DecodeRequest.model_fields)))
 def test_decode_request_is_valid_or_a_validation_error(body):
-    try:
-        req = DecodeRequest.model_validate(body)
-    except ValidationError:
+    req = validated(DecodeRequest, body)
+    if req is None:
         return
     assert 1 <= len(req.latents) <= 4096
     assert all(1 <= len(row) <= 4096 and all(math.isfinite(v) for v in row) for row in req.latents)
@@ -97,9 +103,8 @@ endpoints = st.dictionaries(st.sampled_from(["seed", "latent", "other"]),
 @FAST
 @given(endpoints, endpoints, bodies(["steps", "method", "label", "truncation", "format", "scale", "frame_ms"]))
 def test_interpolate_endpoint_is_exactly_one_of_seed_or_latent(start, end, rest):
-    try:
-        req = InterpolateRequest.model_validate({**rest, "start": start, "end": end})
-    except ValidationError:
+    req = validated(InterpolateRequest, {**rest, "start": start, "end": end})
+    if req is None:
         return
     for given_point, point in ((start, req.start), (end, req.end)):
         assert set(given_point) in ({"seed"}, {"latent"})
