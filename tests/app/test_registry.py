@@ -1,5 +1,6 @@
 """The registry's forward path: the TorchScript pass is kept only when it equals eager mode bit
-for bit, and anything that goes wrong while making it leaves the eager pass serving."""
+for bit, and anything that goes wrong while making it leaves the eager pass serving; dense
+layers run with padding rows, so a lone row takes the same kernels as a batch."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from app.registry import Registry
+from app.registry import MIN_DENSE_ROWS, Registry, _RowStableLinear
 from app.settings import Settings
+from models.card import load_model
+from models.images import to_uint8
 
 
 def registry(weights: Path, **overrides: object) -> Registry:
@@ -73,3 +76,56 @@ def test_a_graph_whose_pixels_differ_is_not_kept(tiny_weights, monkeypatch, capl
 def test_torchscript_setting_from_the_environment(monkeypatch, value, expected):
     monkeypatch.setenv("LATENTSERVE_TORCHSCRIPT", value)
     assert Settings().torchscript is expected
+
+
+def test_row_stable_linear_runs_four_more_rows_and_returns_the_given_ones():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 5)
+    wrapped = _RowStableLinear(linear)
+    seen: list[int] = []
+    linear.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    for n in (1, 2, 3, 5):
+        x = torch.randn(n, 6)
+        out = wrapped(x)
+        assert out.shape == (n, 5) and seen[-1] == n + MIN_DENSE_ROWS
+        padded = torch.cat([x, torch.zeros(MIN_DENSE_ROWS, 6)])
+        assert torch.equal(out, linear(padded)[:n])  # the padding rows are zeros and are dropped
+        torch.testing.assert_close(out, linear(x))
+    x3 = torch.randn(2, 3, 6)  # leading dimensions are rows too
+    assert torch.equal(wrapped(x3), linear(torch.cat([x3, torch.zeros(MIN_DENSE_ROWS, 3, 6)]))[:2])
+
+
+def test_served_models_have_every_dense_layer_row_stable_with_their_weights(tiny_weights):
+    reg = registry(tiny_weights, torchscript=False)
+    for name in ("tiny-gan", "tiny-vae"):
+        fresh, _ = load_model(tiny_weights / f"{name}.json", device=torch.device("cpu"))
+        served = reg.get(name).module
+        wrapped = [m for m in served.modules() if isinstance(m, _RowStableLinear)]
+        linears = [m for m in fresh.modules() if isinstance(m, torch.nn.Linear)]
+        assert len(wrapped) == len(linears) > 0
+        assert all(isinstance(m.linear, torch.nn.Linear) for m in wrapped)
+        for w, plain in zip(wrapped, linears):
+            assert torch.equal(w.linear.weight, plain.weight) and torch.equal(w.linear.bias, plain.bias)
+        # a lone row reaches every dense layer with four zero rows under it
+        seen: list[int] = []
+        hooks = [w.linear.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0])) for w in wrapped]
+        model = reg.get(name)
+        model.buckets = [1, *model.buckets]  # run one row unpadded, whatever this CPU calibrated
+        z, y = rows(model, 1, seed=1)
+        model.generate_rows(z, y)
+        for h in hooks:
+            h.remove()
+        assert seen and all(s == 1 + MIN_DENSE_ROWS for s in seen)
+
+
+def test_row_stable_dense_layers_keep_the_pixels_of_four_rows_and_more(tiny_weights):
+    """Served images of passes of 4+ rows are what the plain modules make, bit for bit."""
+    reg = registry(tiny_weights, torchscript=False)
+    for name in ("tiny-gan", "tiny-vae"):
+        fresh, _ = load_model(tiny_weights / f"{name}.json", device=torch.device("cpu"))
+        model = reg.get(name)
+        for n in (4, 8, 16):
+            z, y = rows(model, n, seed=n)
+            with torch.inference_mode():
+                expected = to_uint8(fresh.eval().generate(z, y)).numpy()
+            assert np.array_equal(model.generate_rows(z, y), expected), (name, n)
