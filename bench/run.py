@@ -39,8 +39,8 @@ from bench.loadgen import LOADS, Load
 REPO = servers.REPO
 SERVER_NAMES = ("latentserve", "latentserve-nobatch", "baseline", "litserve")
 SUMMED = ("non_2xx", "socket_errors", "requests")
-FULL = {"duration": 10.0, "runs": 3, "warmup": 1.0, "limit_seconds": 1.0}
-QUICK = {"duration": 2.0, "runs": 1, "warmup": 1.0, "limit_seconds": 0.2}
+FULL = {"duration": 10.0, "runs": 3, "warmup": 1.0, "limit_seconds": 1.0, "pairs": 5}
+QUICK = {"duration": 2.0, "runs": 1, "warmup": 1.0, "limit_seconds": 0.2, "pairs": 1}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -50,6 +50,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per measured wrk run (default 10; quick: 2; whole seconds)")
     p.add_argument("--runs", type=int, help="measured runs per cell, the median is reported (default 3; quick: 1)")
     p.add_argument("--warmup", type=float, help="seconds of uncounted load before each cell (default 1)")
+    p.add_argument("--pairs", type=int, help="alternating (limit window, c=64 run) pairs for the side-by-side share "
+                   "of the limit, the median is reported (default 5; quick: 1)")
     p.add_argument("--limit-seconds", type=float, help="seconds per timed window of the in-process limit (default 1; quick: 0.2)")
     p.add_argument("--weights-dir", type=Path, default=REPO / "weights", help="folder with <model>.json + .safetensors (default: weights/)")
     p.add_argument("--model", default="fashion-gan", help="model card name (default: fashion-gan)")
@@ -82,8 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.server_list) - set(SERVER_NAMES)
     if unknown:
         p.error(f"unknown servers {sorted(unknown)}; known: {', '.join(SERVER_NAMES)}")
-    if args.runs < 1 or args.duration < 1:
-        p.error("--runs must be >= 1 and --duration >= 1 (wrk runs whole seconds)")
+    if args.runs < 1 or args.duration < 1 or args.pairs < 1:
+        p.error("--runs and --pairs must be >= 1 and --duration >= 1 (wrk runs whole seconds)")
     return args
 
 
@@ -132,7 +134,7 @@ def machine_info(args: argparse.Namespace, argv: list[str], wrk: str, device: st
         "wrk": loadgen.wrk_version(wrk), "wrk_threads": args.wrk_threads,
         "git_commit": _git("rev-parse", "--short", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
         "weights_dir": str(args.weights_dir), "model": args.model,
-        "quick": args.quick, "duration_s": args.duration, "runs": args.runs, "warmup_s": args.warmup,
+        "quick": args.quick, "duration_s": args.duration, "runs": args.runs, "pairs": args.pairs, "warmup_s": args.warmup,
         "limit_seconds": args.limit_seconds,
     }
 
@@ -202,7 +204,7 @@ PAIRED_LOAD = next(ld for ld in LOADS if ld.name == "c64")
 
 
 def paired_share(server: servers.Server, model, rows: float, args: argparse.Namespace, wrk: str) -> dict:
-    """The share of the limit measured side by side: ``args.runs`` pairs of (one in-process window of
+    """The share of the limit measured side by side: ``args.pairs`` pairs of (one in-process window of
     forward + PNG at the batch size the server formed at c=64, then one c=64 run of the server),
     alternating, so both halves of a pair see the same machine. On a shared machine the limit
     measured minutes earlier can be 20% off in either direction (docs/benchmarks.md)."""
@@ -210,7 +212,7 @@ def paired_share(server: servers.Server, model, rows: float, args: argparse.Name
 
     batch = max(1, round(rows))
     pairs = []
-    for i in range(args.runs):
+    for i in range(args.pairs):
         wait_idle(server)
         lim = limit.forward_png_rate(model, batch, args.duration, seed=i)
         wait_idle(server)
