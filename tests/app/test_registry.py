@@ -108,7 +108,7 @@ def test_served_models_have_every_dense_layer_row_stable_with_their_weights(tiny
             assert torch.equal(w.linear.weight, plain.weight) and torch.equal(w.linear.bias, plain.bias)
         # a lone row reaches every dense layer with four zero rows under it
         seen: list[int] = []
-        hooks = [w.linear.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0])) for w in wrapped]
+        hooks = [w.linear.register_forward_hook(lambda m, a, o, seen=seen: seen.append(a[0].shape[0])) for w in wrapped]
         model = reg.get(name)
         model.buckets = [1, *model.buckets]  # run one row unpadded, whatever this CPU calibrated
         z, y = rows(model, 1, seed=1)
