@@ -16,7 +16,7 @@ from app.exceptions import InvalidInput, UnsupportedOperation
 from app.registry import Registry, ServedModel
 from app.schemas import Endpoint, LatentEndpoint
 from app.settings import Settings
-from models.latents import lerp, seeded_latent, slerp
+from models.latents import lerp, seeded_latent, seeded_latents, slerp
 
 
 @dataclass
@@ -82,9 +82,9 @@ class GenerationService:
     def random_seed() -> int:
         return secrets.randbits(31)
 
-    async def _generate(self, model: ServedModel, z: torch.Tensor, y: list[int]) -> tuple[np.ndarray, list[int]]:
+    async def _generate(self, model: ServedModel, z: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, list[int]]:
         batcher = self.generators[model.name]
-        job = batcher.submit((z, torch.tensor(y, dtype=torch.long)), self.settings.request_timeout_s)
+        job = batcher.submit((z, y), self.settings.request_timeout_s)
         return await batcher.result(job), job.batch_ids
 
     async def sample(self, name: str, n: int, seed: int | None, labels, truncation: float) -> Images:
@@ -93,11 +93,10 @@ class GenerationService:
         resolved = resolve_labels(model, labels, n)
         self.generators[name].admit(n)  # refuse before drawing latents: cheap 429s under overload
         seed = self.random_seed() if seed is None else seed
-        rows = [seeded_latent(seed + i, model.latent_dim, len(model.classes), truncation) for i in range(n)]
-        z = torch.stack([latent for latent, _ in rows])
-        y = resolved if resolved is not None else [label for _, label in rows]
+        z, drawn = seeded_latents(seed, n, model.latent_dim, len(model.classes), truncation, labels=resolved is None)
+        y = drawn if drawn is not None else torch.tensor(resolved, dtype=torch.long)
         pixels, batches = await self._generate(model, z, y)
-        return Images(pixels, y, [seed + i for i in range(n)], z.numpy(), batches)
+        return Images(pixels, y.tolist(), [seed + i for i in range(n)], z.numpy(), batches)
 
     def _latent_tensor(self, model: ServedModel, latents: list[list[float]]) -> torch.Tensor:
         for i, lat in enumerate(latents):
@@ -113,7 +112,7 @@ class GenerationService:
         self._check_n(len(latents), "latents")
         z = self._latent_tensor(model, latents)
         y = resolve_labels(model, labels, len(latents))
-        pixels, batches = await self._generate(model, z, y)
+        pixels, batches = await self._generate(model, z, torch.tensor(y, dtype=torch.long))
         return Images(pixels, y, None, z.numpy(), batches)
 
     def encodable(self, name: str) -> ServedModel:
@@ -150,6 +149,6 @@ class GenerationService:
         t = torch.linspace(0.0, 1.0, steps)
         z = (slerp if method == "slerp" else lerp)(ends[0], ends[1], t).float().contiguous()
         y = [resolve_label(model, label)] * steps
-        pixels, batches = await self._generate(model, z, y)
+        pixels, batches = await self._generate(model, z, torch.tensor(y, dtype=torch.long))
         return Images(pixels, y, None, z.numpy(), batches)
 

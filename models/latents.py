@@ -40,10 +40,23 @@ def seeded_latent(seed: int, latent_dim: int, num_classes: int, truncation: floa
     return truncate(z, truncation), label
 
 
-def seeded_latents(seed: int, n: int, latent_dim: int, num_classes: int, truncation: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latents (n, latent_dim) and labels (n,) for seeds seed, seed + 1, ..., seed + n - 1."""
-    pairs = [seeded_latent(seed + i, latent_dim, num_classes, truncation) for i in range(n)]
-    return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
+def seeded_latents(seed: int, n: int, latent_dim: int, num_classes: int, truncation: float = 1.0,
+                   labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Latents (n, latent_dim) and labels (n,) int64 for seeds seed, seed + 1, ..., seed + n - 1:
+    row i is ``seeded_latent(seed + i)``. With ``labels=False`` no label is drawn (None): the
+    latent comes first from each generator, so it is the same. Written for the server's event
+    loop, which draws one request's latents: tensors as the ops return them, no Python ints."""
+    zs, ys = [], []
+    for i in range(n):
+        g = torch.Generator().manual_seed((seed + i) % (MAX_SEED + 1))
+        z = torch.randn(latent_dim, generator=g)
+        zs.append(z if truncation == 1.0 else truncate(z, truncation))
+        if labels:
+            ys.append(torch.randint(num_classes, (1,), generator=g))
+    z = zs[0].unsqueeze(0) if n == 1 else torch.stack(zs)
+    if not labels:
+        return z, None
+    return z, (ys[0] if n == 1 else torch.cat(ys))
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

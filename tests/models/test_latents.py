@@ -43,6 +43,16 @@ def test_seeded_latents_rows_match_single_seeds():
         assert int(ys[i]) == label
 
 
+@pytest.mark.parametrize("n", [1, 5])
+def test_seeded_latents_without_labels_draw_the_same_latents(n):
+    """Skipping the label draw (the request names its labels) leaves every latent as it was."""
+    with_labels, ys = seeded_latents(77, n, 12, 10, truncation=0.7)
+    without, none = seeded_latents(77, n, 12, 10, truncation=0.7, labels=False)
+    assert none is None and ys.shape == (n,)
+    assert without.shape == (n, 12) and torch.equal(without, with_labels)
+    assert torch.equal(without[0], seeded_latent(77, 12, 10, truncation=0.7)[0])
+
+
 def test_seeded_latents_with_truncation():
     """Truncation is applied to the same draw: the label is unchanged, the latent is truncate(z, t)."""
     zs, ys = seeded_latents(5, 3, 8, 10, truncation=0.5)
