@@ -29,6 +29,8 @@ if int(os.environ.get("BENCH_TORCH_THREADS", "0")) > 0:
     torch.set_num_threads(int(os.environ["BENCH_TORCH_THREADS"]))
 
 module, card = load_model(WEIGHTS_DIR / f"{MODEL}.json", device=DEVICE)
+if os.environ.get("BENCH_CHANNELS_LAST", "1") == "1" and DEVICE.type == "cpu":
+    module.to(memory_format=torch.channels_last)  # the layout latentserve uses, so the passes cost the same
 LATENT_DIM = int(card["config"]["latent_dim"])
 NUM_CLASSES = len(card["classes"])
 app = FastAPI(title="baseline")

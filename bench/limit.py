@@ -20,12 +20,14 @@ from app.settings import Settings
 BATCH_SIZES = (1, 8, 32, 64, 128, 256)
 
 
-def load(weights_dir: Path, model: str, device: str, torch_threads: int, max_rows: int = 256) -> ServedModel:
+def load(weights_dir: Path, model: str, device: str, torch_threads: int, max_rows: int = 256,
+         channels_last: bool = True) -> ServedModel:
     """The served model as latentserve builds it, with every power of two up to max_rows a bucket
     (min_batch_rows=1), so a batch of B runs as a pass of exactly B rows. Every field that matters
     is given here, so no LATENTSERVE_* variable of this environment changes it."""
     settings = Settings(weights_dir=weights_dir, models=[model], device=device, dtype="float32",
-                        torch_threads=torch_threads, min_batch_rows=1, max_batch_rows=max_rows)
+                        torch_threads=torch_threads, min_batch_rows=1, max_batch_rows=max_rows,
+                        channels_last=channels_last)
     registry = Registry.from_settings(settings)
     served = registry.get(model)
     every_size = list(served.buckets)

@@ -187,7 +187,9 @@ def markdown(results: dict) -> str:
         f"latentserve against its in-process limit, against itself with batching off, against a plain FastAPI "
         f"server and against LitServe, on the same weights (`{m['model']}`), measured in one run by "
         f"`bench/run.py`. Every server runs alone, as one worker (LitServe: one inference worker and one API "
-        f"server process), with the same number of torch threads ({m['torch_threads']}), on 127.0.0.1.", "",
+        f"server process), with the same number of torch threads ({m['torch_threads']})"
+        f"{' and the same NHWC (channels-last) convolution weights on a CPU' if m.get('channels_last') else ''}, "
+        f"on 127.0.0.1.", "",
         "## Machine and run", "",
         f"- **Date:** {m['date']}",
         f"- **Command:** `{m['command']}`" + (" (run under `nice -n 19`)" if m.get("niceness") else ""),

@@ -64,6 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--limit-batches", default="1,8,32,64,128,256",
                    help="batch sizes of the in-process limit (default 1,8,32,64,128,256; on a GPU add 1024)")
     p.add_argument("--max-batch-rows", type=int, default=0, help="LATENTSERVE_MAX_BATCH_ROWS for latentserve (default: its own)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="NHWC convolution weights on a CPU for every server and the limit (default: on, latentserve's default)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: the client must not take the server's cores)")
     p.add_argument("--litserve-batch-timeout", type=float, default=0.005, help="LitServe batch_timeout in seconds (default 0.005)")
     p.add_argument("--litserve-max-batch-size", type=int, default=64, help="LitServe max_batch_size (default 64)")
@@ -129,7 +131,7 @@ def machine_info(args: argparse.Namespace, argv: list[str], wrk: str, device: st
         "memory_gib": round(mem_kb / 2**20, 1), "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
         "niceness": os.nice(0), "platform": platform.platform(), "python": platform.python_version(),
         "device": device, "cuda_device": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-        "torch": torch.__version__, "torch_threads": args.torch_threads,
+        "torch": torch.__version__, "torch_threads": args.torch_threads, "channels_last": args.channels_last,
         "packages": {d: _version(d) for d in ("fastapi", "uvicorn", "uvloop", "httptools", "litserve", "pillow", "numpy")},
         "wrk": loadgen.wrk_version(wrk), "wrk_threads": args.wrk_threads,
         "git_commit": _git("rev-parse", "--short", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     server_min_rows = Settings.model_fields["min_batch_rows"].default  # replaced by the calibrated shape below
     common = servers.Common(weights_dir=args.weights_dir, model=args.model, device=device, torch_threads=args.torch_threads,
-                            max_batch_rows=args.max_batch_rows)
+                            max_batch_rows=args.max_batch_rows, channels_last=args.channels_last)
     log(f"benchmark of {args.model} on {device}, {args.torch_threads} torch threads; server logs in {log_dir}")
 
     model = None  # the limit's model, kept for the paired share of the limit
@@ -282,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
 
         log("in-process limit")
         batches = tuple(int(b) for b in args.limit_batches.split(",") if b.strip())
-        model = limit.load(args.weights_dir, args.model, device, args.torch_threads, max_rows=max(batches))
+        model = limit.load(args.weights_dir, args.model, device, args.torch_threads, max_rows=max(batches),
+                           channels_last=args.channels_last)
         server_min_rows = model.calibrated_min_rows
         results["limit"] = limit.measure(model, batch_sizes=batches, seconds=args.limit_seconds, repeats=args.runs,
                                          server_min_rows=server_min_rows, log=log)

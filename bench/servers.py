@@ -33,6 +33,7 @@ class Common:
     png_level: int = 1
     max_queue_rows: int = 4096
     max_batch_rows: int = 0  # latentserve's MAX_BATCH_ROWS; 0 = its default
+    channels_last: bool = True  # NHWC convolution weights on a CPU, for every server (latentserve's default)
 
 
 @dataclass
@@ -79,6 +80,7 @@ def latentserve(common: Common, port: int, batching: bool) -> ServerSpec:
     # throughput and latency are measured, not load shedding: the queue bounds are set out of reach
     settings = {"MODELS": common.model, "DEVICE": common.device, "TORCH_THREADS": str(common.torch_threads),
                 "MAX_QUEUE_ROWS": str(common.max_queue_rows), "MAX_QUEUE_WAIT_S": "0",
+                "CHANNELS_LAST": str(common.channels_last).lower(),
                 "PNG_COMPRESS_LEVEL": str(common.png_level)}
     if not batching:
         settings.update(MAX_BATCH_ROWS="1", MIN_BATCH_ROWS="1")
@@ -88,14 +90,19 @@ def latentserve(common: Common, port: int, batching: bool) -> ServerSpec:
         port, common.weights_dir, settings,
         name="latentserve" if batching else "latentserve-nobatch",
         title="latentserve" if batching else "latentserve, batching off",
-        notes="defaults otherwise (MAX_BATCH_ROWS=32, MIN_BATCH_ROWS=1 raised by the warm-up calibration, MAX_WAIT_MS=2, PNG_THREADS=2, TORCHSCRIPT=true: the pass as one TorchScript graph)" if batching
+        notes="defaults otherwise (MAX_BATCH_ROWS=32, MIN_BATCH_ROWS=1 raised by the warm-up calibration, MAX_WAIT_MS=2, PNG_THREADS=2, TORCHSCRIPT=true: the pass as one TorchScript graph, CHANNELS_LAST=true: NHWC convolutions on a CPU)" if batching
         else "every request row runs in its own forward pass of 1 row")
+
+
+def _layout_note(common: Common) -> str:
+    return "; NHWC convolution weights on a CPU, as latentserve's" if common.channels_last else ""
 
 
 def _bench_env(common: Common, port: int) -> dict[str, str]:
     return {**_base_env(), "BENCH_PORT": str(port), "BENCH_WEIGHTS_DIR": str(common.weights_dir),
             "BENCH_MODEL": common.model, "BENCH_DEVICE": common.device,
-            "BENCH_TORCH_THREADS": str(common.torch_threads), "BENCH_PNG_LEVEL": str(common.png_level)}
+            "BENCH_TORCH_THREADS": str(common.torch_threads), "BENCH_PNG_LEVEL": str(common.png_level),
+            "BENCH_CHANNELS_LAST": "1" if common.channels_last else "0"}
 
 
 def baseline(common: Common, port: int) -> ServerSpec:
@@ -103,7 +110,7 @@ def baseline(common: Common, port: int) -> ServerSpec:
             "--workers", "1", "--log-level", "warning", "--no-access-log"]
     return ServerSpec(name="baseline", title="plain FastAPI (no batching)", argv=argv, env=_bench_env(common, port),
                       ready_path=None, sample_path=f"/v1/models/{common.model}/samples",
-                      notes="sync endpoint in FastAPI's threadpool, one forward pass per request")
+                      notes="sync endpoint in FastAPI's threadpool, one forward pass per request" + _layout_note(common))
 
 
 def litserve(common: Common, port: int, stats_file: Path, max_batch_size: int = 64, batch_timeout: float = 0.005) -> ServerSpec:
@@ -115,7 +122,7 @@ def litserve(common: Common, port: int, stats_file: Path, max_batch_size: int = 
                       ready_path="/health", sample_path=f"/v1/models/{common.model}/samples", metrics="stats-file",
                       stats_file=stats_file,
                       settings={"max_batch_size": str(max_batch_size), "batch_timeout": str(batch_timeout)},
-                      notes="1 inference worker + 1 API server process; batches count requests, not rows")
+                      notes="1 inference worker + 1 API server process; batches count requests, not rows" + _layout_note(common))
 
 
 # -- /proc --

@@ -160,6 +160,22 @@ async def test_samples_png_get_is_immutable_with_seed(client):
     assert other.headers["etag"] != etag
 
 
+async def test_etag_names_the_layout_and_keeps_the_nchw_etags(app_factory):
+    """Channels-last can change a pixel: its URLs get other ETags, while NCHW keeps the ETags of
+    the builds before the setting (the same bytes)."""
+    from app.routes.generation import _etag
+
+    url = "/v1/models/tiny-gan/samples.png?seed=5"
+    async with app_factory() as (app, client):
+        nhwc = (await client.get(url)).headers["etag"]
+    async with app_factory(channels_last=False) as (app, client):
+        nchw = (await client.get(url)).headers["etag"]
+        m = app.state.service.registry.get("tiny-gan")
+    assert nhwc != nchw
+    assert nchw == _etag(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, app.state.settings.png_compress_level)
+    assert nhwc == _etag(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, app.state.settings.png_compress_level, "nhwc")
+
+
 async def test_samples_png_without_seed_is_not_cached(client):
     r = await client.get(f"{GAN}/samples.png")
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store" and "etag" not in r.headers

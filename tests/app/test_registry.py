@@ -119,8 +119,9 @@ def test_served_models_have_every_dense_layer_row_stable_with_their_weights(tiny
 
 
 def test_row_stable_dense_layers_keep_the_pixels_of_four_rows_and_more(tiny_weights):
-    """Served images of passes of 4+ rows are what the plain modules make, bit for bit."""
-    reg = registry(tiny_weights, torchscript=False)
+    """Served images of passes of 4+ rows are what the plain modules make, bit for bit (in the
+    modules' own NCHW layout)."""
+    reg = registry(tiny_weights, torchscript=False, channels_last=False)
     for name in ("tiny-gan", "tiny-vae"):
         fresh, _ = load_model(tiny_weights / f"{name}.json", device=torch.device("cpu"))
         model = reg.get(name)
@@ -129,3 +130,31 @@ def test_row_stable_dense_layers_keep_the_pixels_of_four_rows_and_more(tiny_weig
             with torch.inference_mode():
                 expected = to_uint8(fresh.eval().generate(z, y)).numpy()
             assert np.array_equal(model.generate_rows(z, y), expected), (name, n)
+
+
+def conv_weights(module: torch.nn.Module) -> list[torch.Tensor]:
+    return [m.weight for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_channels_last_layout_on_a_cpu_by_default_and_nchw_when_off(tiny_weights):
+    nhwc, nchw = registry(tiny_weights), registry(tiny_weights, channels_last=False)
+    for name in ("tiny-gan", "tiny-vae"):
+        a, b = nhwc.get(name), nchw.get(name)
+        assert (a.layout, b.layout) == ("nhwc", "nchw")
+        wide = [w for w in conv_weights(a.module) if w.shape[1] > 1]  # a 1-channel input has one layout only
+        assert wide and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in wide)
+        assert all(w.is_contiguous() for w in conv_weights(b.module))
+        for wa, wb in zip(conv_weights(a.module), conv_weights(b.module)):
+            assert torch.equal(wa, wb)  # the same numbers, laid out differently
+
+
+def test_channels_last_pixels_stay_within_one_grey_level_and_batch_invariant(tiny_weights):
+    nhwc, nchw = registry(tiny_weights), registry(tiny_weights, channels_last=False)
+    for name in ("tiny-gan", "tiny-vae"):
+        a, b = nhwc.get(name), nchw.get(name)
+        z, y = rows(a, 16, seed=11)
+        got, plain = a.generate_rows(z, y), b.generate_rows(z, y)
+        assert np.abs(got.astype(int) - plain.astype(int)).max() <= 1
+        for size in a.buckets:  # calibrated in its own layout: every kept shape gives the 16-row bytes
+            if size <= 16:
+                assert np.array_equal(a.generate_rows(z[:size], y[:size]), got[:size]), (name, size)

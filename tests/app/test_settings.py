@@ -34,7 +34,7 @@ def test_defaults():
     assert s.dtype == "float32"
     assert s.torch_threads == 0
     assert s.max_batch_rows == 32
-    assert s.torchscript is True and s.opentelemetry is False
+    assert s.torchscript is True and s.opentelemetry is False and s.channels_last is True
     assert s.min_batch_rows == 1
     assert s.max_wait_ms == 2.0
     assert s.max_queue_rows == 2048
