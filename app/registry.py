@@ -202,10 +202,10 @@ class ServedModel:
         """Keep only the batch shapes whose rows are bitwise identical to the largest shape's.
 
         PyTorch picks kernels by shape (on this CPU, with the dense layers row-stable: the GAN
-        agrees at every shape from 1 row, the VAE from 2), so the smallest shapes are dropped
-        until every kept one agrees with the largest, checked on random latents. A request then gets the same bytes
-        however it is batched, and a lone request pays for as few padded rows as this device
-        allows."""
+        agrees at every shape from 1 row, the VAE from 2, in either layout), so the smallest
+        shapes are dropped until every kept one agrees with the largest, checked on random
+        latents. A request then gets the same bytes however it is batched, and a lone request
+        pays for as few padded rows as this device allows."""
         top = self.buckets[-1]
         z = torch.randn(top, self.latent_dim, generator=torch.Generator().manual_seed(0))
         y = torch.arange(top) % len(self.classes)
