@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from app.exceptions import ModelNotFound
 from app.settings import Settings
-from models.card import ModelLoadError, load_model, read_card
+from models.card import ModelLoadError, channels_last_on_cpu, load_model, read_card
 from models.images import to_uint8
 
 log = logging.getLogger("latentserve.registry")
@@ -77,15 +77,14 @@ class _RowStableLinear(nn.Module):
         return self.linear(padded)[:rows]
 
 
-def stable_dense_rows(module: nn.Module) -> int:
+def stable_dense_rows(module: nn.Module) -> None:
     """Wrap every nn.Linear of ``module`` in _RowStableLinear (same weights, same outputs for 4+
     rows), so small batches can run unpadded: a lone request's pass need not be padded to 4 rows
-    for the dense layers' sake (on this CPU: 6.4 -> 2.9 ms for the GAN). Returns how many."""
+    for the dense layers' sake (on this CPU: 6.4 -> 2.9 ms for the GAN)."""
     targets = [(parent, name, child) for parent in module.modules()
                for name, child in parent.named_children() if isinstance(child, nn.Linear)]
     for parent, name, child in targets:
         setattr(parent, name, _RowStableLinear(child))
-    return len(targets)
 
 
 class _Pixels(nn.Module):
@@ -292,12 +291,7 @@ class Registry:
             if card["kind"] not in SERVABLE_KINDS:
                 raise ModelLoadError(f"{card_path}: kind {card['kind']!r} cannot be served (only gan and vae)")
             stable_dense_rows(module)  # after the weights were checked: a serving-time wrapper only
-            layout = "nchw"
-            if settings.channels_last and device.type == "cpu":
-                # oneDNN's convolutions run NHWC without reordering every input and output: a
-                # 32-row GAN pass took 27.6 instead of 44.8 ms here (README: batch-invariant bytes)
-                module.to(memory_format=torch.channels_last)
-                layout = "nhwc"
+            layout = "nhwc" if settings.channels_last and channels_last_on_cpu(module, device) else "nchw"
             models[name] = ServedModel(name, card["kind"], str(card["version"]), card, module, device,
                                        DTYPES[settings.dtype], buckets, torchscript=settings.torchscript, layout=layout)
             log.info("loaded %s (%s %s, sha256 %s...) on %s, %s", name, card["kind"], card["version"], card["sha256"][:12],

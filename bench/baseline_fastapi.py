@@ -17,7 +17,7 @@ from fastapi import FastAPI, HTTPException, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from models.card import load_model
+from models.card import channels_last_on_cpu, load_model
 from models.images import tile, to_uint8
 from models.latents import seeded_latent
 
@@ -29,8 +29,8 @@ if int(os.environ.get("BENCH_TORCH_THREADS", "0")) > 0:
     torch.set_num_threads(int(os.environ["BENCH_TORCH_THREADS"]))
 
 module, card = load_model(WEIGHTS_DIR / f"{MODEL}.json", device=DEVICE)
-if os.environ.get("BENCH_CHANNELS_LAST", "1") == "1" and DEVICE.type == "cpu":
-    module.to(memory_format=torch.channels_last)  # the layout latentserve uses, so the passes cost the same
+if os.environ.get("BENCH_CHANNELS_LAST", "1") == "1":
+    channels_last_on_cpu(module, DEVICE)  # the layout latentserve uses, so the passes cost the same
 LATENT_DIM = int(card["config"]["latent_dim"])
 NUM_CLASSES = len(card["classes"])
 app = FastAPI(title="baseline")

@@ -20,7 +20,7 @@ import torch
 from fastapi import HTTPException, Response
 from PIL import Image
 
-from models.card import load_model
+from models.card import channels_last_on_cpu, load_model
 from models.images import tile, to_uint8
 from models.latents import seeded_latent
 
@@ -41,8 +41,8 @@ class SamplesAPI(ls.LitAPI):
         weights = Path(os.environ.get("BENCH_WEIGHTS_DIR", "weights"))
         self.torch_device = torch.device(device)  # (LitServe sets self.device to the string after setup)
         self.module, card = load_model(weights / f"{MODEL}.json", device=self.torch_device)
-        if os.environ.get("BENCH_CHANNELS_LAST", "1") == "1" and self.torch_device.type == "cpu":
-            self.module.to(memory_format=torch.channels_last)  # the layout latentserve uses
+        if os.environ.get("BENCH_CHANNELS_LAST", "1") == "1":
+            channels_last_on_cpu(self.module, self.torch_device)  # the layout latentserve uses
         self.latent_dim = int(card["config"]["latent_dim"])
         self.num_classes = len(card["classes"])
         self.png_level = int(os.environ.get("BENCH_PNG_LEVEL", "1"))

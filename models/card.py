@@ -135,3 +135,14 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
     module.load_state_dict(tensors, strict=True)
     module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return module, card
+
+
+def channels_last_on_cpu(module: nn.Module, device: torch.device) -> bool:
+    """Put ``module``'s convolution weights in channels-last (NHWC) layout when it runs on a CPU,
+    where oneDNN's convolutions then skip reordering every input and output (a 32-row GAN pass:
+    27.6 instead of 44.8 ms on the 2-core dev VM). Returns whether it did. A pixel can differ from
+    the NCHW pass's by one grey level; elsewhere the layout is left as loaded (not measured)."""
+    if device.type != "cpu":
+        return False
+    module.to(memory_format=torch.channels_last)
+    return True

@@ -5,7 +5,14 @@ import json
 import pytest
 import torch
 
-from models.card import ModelLoadError, load_model, read_card, save_model, sha256_file
+from models.card import (
+    ModelLoadError,
+    channels_last_on_cpu,
+    load_model,
+    read_card,
+    save_model,
+    sha256_file,
+)
 from models.classifier import Classifier, ClassifierConfig
 from models.data import CLASS_NAMES
 from models.gan import GANConfig, Generator
@@ -226,3 +233,11 @@ def test_truncated_safetensors_with_matching_sha(saved_gan, keep):
     edit_card(card_path, sha256=sha256_file(weights))
     with pytest.raises(ModelLoadError, match=r"tiny-gan\.safetensors: not a valid safetensors file"):
         load_model(card_path)
+
+
+def test_channels_last_only_on_a_cpu():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3))
+    assert channels_last_on_cpu(conv, torch.device("cuda")) is False  # left as loaded
+    assert conv[0].weight.is_contiguous()
+    assert channels_last_on_cpu(conv, torch.device("cpu")) is True
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last) and not conv[0].weight.is_contiguous()
