@@ -1,16 +1,55 @@
 #!/usr/bin/env bash
-# GPU figures: the in-process limit (batch 1 to 1024) and latentserve with and without batching,
-# on a CUDA machine, in under 8 minutes. Wheels the machine lacks (fastapi, uvicorn, pydantic,
-# ...) are installed from ./wheels when present (fill it on a networked host with
-# `pip download -d wheels fastapi uvicorn pydantic-settings prometheus-client python-multipart uvloop httptools`).
-# Needs wrk on the machine. Not run in this repository's history yet: no GPU was lent.
-set -euo pipefail
+# GPU figures in one call of a few minutes, for a CUDA machine with no network:
+#   1. python -m bench.gpu_check: shapes kept by calibration, batch invariance, pixels against the
+#      CPU's, forward speed at 256 and 1024 rows in float32 / float16 / bfloat16;
+#   2. python -m bench.run: the in-process limit (batches 1 to 1024) and latentserve with and
+#      without batching at c=1, c=64, c=256 and c=16 x n=16, MAX_BATCH_ROWS=256;
+#   3. the service's API tests with LATENTSERVE_DEVICE=cuda (tests that build their settings from
+#      the environment then run on the GPU).
+# Everything lands in $OUT (default: ./gpu-out). What the machine lacks travels with the tree:
+#   .whl/   wheels (fastapi, uvicorn, pydantic, ...: docs/benchmarks.md has the download command),
+#           installed with --no-deps into /tmp/site; wheels/ is used the same way when .whl/ is absent
+#   .tools/ wrk: a wrapper script .tools/wrk running .tools/wrk.bin with the libraries it links
+#           in .tools/lib (libluajit, libssl, libcrypto; copied from a Debian host with wrk)
+# GPU_SH_DEVICE=cpu runs the same steps on a CPU (a dry run of the script, not GPU figures).
+set -uo pipefail
 cd "$(dirname "$0")/.."
-if ls wheels/*.whl >/dev/null 2>&1; then
-    python3 -m pip install --quiet --no-index --find-links wheels fastapi uvicorn pydantic-settings \
-        prometheus-client python-multipart uvloop httptools || true
+OUT="${OUT:-$PWD/gpu-out}"
+mkdir -p "$OUT"
+DEVICE="${GPU_SH_DEVICE:-cuda}"
+export PYTHONUNBUFFERED=1
+
+for dir in .whl wheels; do
+    if ls "$dir"/*.whl >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$dir"/*.whl || exit 1
+        export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+        break
+    fi
+done
+if [ -x .tools/wrk ]; then
+    export PATH="$PWD/.tools:$PATH"
 fi
-python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(0))"
-timeout 450 python3 -m bench.run --device cuda --servers latentserve,latentserve-nobatch \
-    --loads c1,c64,c256 --duration 5 --runs 3 --limit-batches 1,8,64,256,1024 --max-batch-rows 256 \
-    --out-json "${OUT:-.}/gpu-results.json" --out-md "${OUT:-.}/gpu-benchmarks.md"
+wrk -v 2>&1 | head -1
+python3 - <<EOF || exit 1
+import torch, fastapi, uvicorn, pydantic
+print("torch", torch.__version__, "fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "pydantic", pydantic.VERSION)
+if "$DEVICE".startswith("cuda"):
+    assert torch.cuda.is_available(), "no CUDA device"
+    print(torch.cuda.get_device_name(0), "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())
+EOF
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+
+status=0
+echo "== gpu_check"
+timeout 150 python3 -m bench.gpu_check --device "$DEVICE" --out "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.log" || status=1
+
+echo "== bench.run"
+timeout 420 python3 -m bench.run --device "$DEVICE" --servers latentserve,latentserve-nobatch \
+    --loads c1,c64,c256,c16n16 --duration 5 --runs 3 --pairs 3 --limit-batches 1,8,64,256,1024 --max-batch-rows 256 \
+    --out-json "$OUT/gpu-results.json" --out-md "$OUT/gpu-benchmarks.md" --log-dir /tmp/gpu-logs 2>&1 | tee "$OUT/gpu-run.log" || status=1
+tail -n 40 /tmp/gpu-logs/*.log > "$OUT/server-logs.txt" 2>/dev/null
+
+echo "== API tests on $DEVICE"
+LATENTSERVE_DEVICE="$DEVICE" timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
+    tests/app/test_api.py tests/app/test_batching.py tests/app/test_registry.py 2>&1 | tail -n 30 | tee "$OUT/gpu-tests.log" || status=1
+exit $status
