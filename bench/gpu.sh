@@ -11,12 +11,14 @@
 #           installed with --no-deps into /tmp/site; wheels/ is used the same way when .whl/ is absent
 #   .tools/ wrk: a wrapper script .tools/wrk running .tools/wrk.bin with the libraries it links
 #           in .tools/lib (libluajit, libssl, libcrypto; copied from a Debian host with wrk)
+# `bash bench/gpu.sh check,run,tests` (the default) names the steps to run.
 # GPU_SH_DEVICE=cpu runs the same steps on a CPU (a dry run of the script, not GPU figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 DEVICE="${GPU_SH_DEVICE:-cuda}"
+STEPS=",${1:-check,run,tests},"
 export PYTHONUNBUFFERED=1
 
 for dir in .whl wheels; do
@@ -40,16 +42,26 @@ EOF
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 
 status=0
+if [[ $STEPS == *,check,* ]]; then
 echo "== gpu_check"
 timeout 150 python3 -m bench.gpu_check --device "$DEVICE" --out "$OUT/gpu-check.json" 2>&1 | tee "$OUT/gpu-check.log" || status=1
+fi
 
+if [[ $STEPS == *,run,* ]]; then
 echo "== bench.run"
 timeout 420 python3 -m bench.run --device "$DEVICE" --servers latentserve,latentserve-nobatch \
     --loads c1,c64,c256,c16n16 --duration 5 --runs 3 --pairs 3 --limit-batches 1,8,64,256,1024 --max-batch-rows 256 \
     --out-json "$OUT/gpu-results.json" --out-md "$OUT/gpu-benchmarks.md" --log-dir /tmp/gpu-logs 2>&1 | tee "$OUT/gpu-run.log" || status=1
 tail -n 40 /tmp/gpu-logs/*.log > "$OUT/server-logs.txt" 2>/dev/null
+fi
 
+if [[ $STEPS == *,tests,* ]]; then
+# tests whose settings come from the environment serve on the GPU, in process and as real
+# uvicorn processes; the tests of CPU-only behaviour (NHWC layout) pin device=cpu themselves
 echo "== API tests on $DEVICE"
-LATENTSERVE_DEVICE="$DEVICE" timeout 150 python3 -m pytest -q -x -p no:cacheprovider \
-    tests/app/test_api.py tests/app/test_batching.py tests/app/test_registry.py 2>&1 | tail -n 30 | tee "$OUT/gpu-tests.log" || status=1
+LATENTSERVE_DEVICE="$DEVICE" timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE \
+    tests/app/test_api.py tests/app/test_batching.py tests/app/test_registry.py tests/app/test_fastpath.py \
+    tests/test_e2e.py tests/test_drain.py > "$OUT/gpu-tests.log" 2>&1 || status=1
+tail -n 40 "$OUT/gpu-tests.log"
+fi
 exit $status

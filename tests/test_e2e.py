@@ -28,7 +28,8 @@ def free_port() -> int:
 
 def start_server(weights: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    environ = {**os.environ, "PYTHONPATH": str(ROOT), "LATENTSERVE_WEIGHTS_DIR": str(weights),
+    pythonpath = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # keep the caller's
+    environ = {**os.environ, "PYTHONPATH": pythonpath, "LATENTSERVE_WEIGHTS_DIR": str(weights),
                "LATENTSERVE_PORT": str(port), "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_TORCH_THREADS": "1",
                # access logs at load would fill the unread stdout pipe and block the server
                "LATENTSERVE_LOG_LEVEL": "warning", **env}

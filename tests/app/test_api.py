@@ -166,9 +166,9 @@ async def test_etag_names_the_layout_and_keeps_the_nchw_etags(app_factory):
     from app.routes.generation import _etag
 
     url = "/v1/models/tiny-gan/samples.png?seed=5"
-    async with app_factory() as (app, client):
+    async with app_factory(device="cpu") as (app, client):  # the layout is a CPU setting
         nhwc = (await client.get(url)).headers["etag"]
-    async with app_factory(channels_last=False) as (app, client):
+    async with app_factory(channels_last=False, device="cpu") as (app, client):
         nchw = (await client.get(url)).headers["etag"]
         m = app.state.service.registry.get("tiny-gan")
     assert nhwc != nchw

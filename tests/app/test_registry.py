@@ -96,7 +96,7 @@ def test_row_stable_linear_runs_four_more_rows_and_returns_the_given_ones():
 
 
 def test_served_models_have_every_dense_layer_row_stable_with_their_weights(tiny_weights):
-    reg = registry(tiny_weights, torchscript=False)
+    reg = registry(tiny_weights, torchscript=False, device="cpu")  # compared with modules loaded on the CPU
     for name in ("tiny-gan", "tiny-vae"):
         fresh, _ = load_model(tiny_weights / f"{name}.json", device=torch.device("cpu"))
         served = reg.get(name).module
@@ -121,7 +121,7 @@ def test_served_models_have_every_dense_layer_row_stable_with_their_weights(tiny
 def test_row_stable_dense_layers_keep_the_pixels_of_four_rows_and_more(tiny_weights):
     """Served images of passes of 4+ rows are what the plain modules make, bit for bit (in the
     modules' own NCHW layout)."""
-    reg = registry(tiny_weights, torchscript=False, channels_last=False)
+    reg = registry(tiny_weights, torchscript=False, channels_last=False, device="cpu")
     for name in ("tiny-gan", "tiny-vae"):
         fresh, _ = load_model(tiny_weights / f"{name}.json", device=torch.device("cpu"))
         model = reg.get(name)
@@ -137,7 +137,7 @@ def conv_weights(module: torch.nn.Module) -> list[torch.Tensor]:
 
 
 def test_channels_last_layout_on_a_cpu_by_default_and_nchw_when_off(tiny_weights):
-    nhwc, nchw = registry(tiny_weights), registry(tiny_weights, channels_last=False)
+    nhwc, nchw = registry(tiny_weights, device="cpu"), registry(tiny_weights, channels_last=False, device="cpu")
     for name in ("tiny-gan", "tiny-vae"):
         a, b = nhwc.get(name), nchw.get(name)
         assert (a.layout, b.layout) == ("nhwc", "nchw")
@@ -149,7 +149,7 @@ def test_channels_last_layout_on_a_cpu_by_default_and_nchw_when_off(tiny_weights
 
 
 def test_channels_last_pixels_stay_within_one_grey_level_and_batch_invariant(tiny_weights):
-    nhwc, nchw = registry(tiny_weights), registry(tiny_weights, channels_last=False)
+    nhwc, nchw = registry(tiny_weights, device="cpu"), registry(tiny_weights, channels_last=False, device="cpu")
     for name in ("tiny-gan", "tiny-vae"):
         a, b = nhwc.get(name), nchw.get(name)
         z, y = rows(a, 16, seed=11)

@@ -157,7 +157,7 @@ def test_several_errors_one_line_each(monkeypatch):
 
 def _run_app(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
-    full["PYTHONPATH"] = str(REPO)
+    full["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     full.update({ENV_PREFIX + k.upper(): v for k, v in env.items()})
     return subprocess.run([sys.executable, "-m", "app"], cwd=REPO, env=full, capture_output=True,
                           text=True, timeout=120)
