@@ -15,6 +15,8 @@ def post(port: int, path: str, body: bytes, timeout: float = 30.0) -> tuple[str,
         sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     except ConnectionRefusedError:
         return "refused", b""
+    except ConnectionResetError:  # reset during the handshake: the listener closed with it in the backlog
+        return "reset", b""
     data = b""
     with sock:
         try:
