@@ -4,21 +4,22 @@
 #      CPU's, forward speed at 256 and 1024 rows in float32 / float16 / bfloat16;
 #   2. python -m bench.run: the in-process limit (batches 1 to 1024) and latentserve with and
 #      without batching at c=1, c=64, c=256 and c=16 x n=16, MAX_BATCH_ROWS=256;
-#   3. the service's API tests with LATENTSERVE_DEVICE=cuda (tests that build their settings from
+#   3. python -m bench.replicas: 1, 2, 4 and 8 latentserve processes sharing the GPU at a total c=256;
+#   4. the service's API tests with LATENTSERVE_DEVICE=cuda (tests that build their settings from
 #      the environment then run on the GPU).
 # Everything lands in $OUT (default: ./gpu-out). What the machine lacks travels with the tree:
 #   .whl/   wheels (fastapi, uvicorn, pydantic, ...: docs/benchmarks.md has the download command),
 #           installed with --no-deps into /tmp/site; wheels/ is used the same way when .whl/ is absent
 #   .tools/ wrk: a wrapper script .tools/wrk running .tools/wrk.bin with the libraries it links
 #           in .tools/lib (libluajit, libssl, libcrypto; copied from a Debian host with wrk)
-# `bash bench/gpu.sh check,run,tests` (the default) names the steps to run.
+# `bash bench/gpu.sh check,run,replicas,tests` (the default) names the steps to run.
 # GPU_SH_DEVICE=cpu runs the same steps on a CPU (a dry run of the script, not GPU figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 DEVICE="${GPU_SH_DEVICE:-cuda}"
-STEPS=",${1:-check,run,tests},"
+STEPS=",${1:-check,run,replicas,tests},"
 export PYTHONUNBUFFERED=1
 
 for dir in .whl wheels; do
@@ -53,6 +54,12 @@ timeout 420 python3 -m bench.run --device "$DEVICE" --servers latentserve,latent
     --loads c1,c64,c256,c16n16 --duration 5 --runs 3 --pairs 3 --limit-batches 1,8,64,256,1024 --max-batch-rows 256 \
     --out-json "$OUT/gpu-results.json" --out-md "$OUT/gpu-benchmarks.md" --log-dir /tmp/gpu-logs 2>&1 | tee "$OUT/gpu-run.log" || status=1
 tail -n 40 /tmp/gpu-logs/*.log > "$OUT/server-logs.txt" 2>/dev/null
+fi
+
+if [[ $STEPS == *,replicas,* ]]; then
+echo "== bench.replicas"
+timeout 240 python3 -m bench.replicas --device "$DEVICE" --replicas 1,2,4,8 --concurrency 256 \
+    --out-json "$OUT/gpu-replicas.json" 2>&1 | tee "$OUT/gpu-replicas.log" || status=1
 fi
 
 if [[ $STEPS == *,tests,* ]]; then
