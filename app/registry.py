@@ -130,6 +130,14 @@ class ServedModel:
     def sha256(self) -> str:
         return str(self.card["sha256"])
 
+    @property
+    def pixel_variant(self) -> tuple[str, ...]:
+        """What, besides the weights and the request, changes a sample's bytes: the layout (NHWC),
+        the device kind (a GPU's pixels are up to a grey level from the CPU's) and a half dtype.
+        Empty for float32 NCHW on a CPU, whose bytes (and ETags) are those of earlier builds."""
+        return tuple(part for part, default in ((self.layout, "nchw"), (self.device.type, "cpu"),
+                                                 (str(self.dtype).removeprefix("torch."), "float32")) if part != default)
+
     def _bucket(self, rows: int) -> int:
         for b in self.buckets:
             if rows <= b:

@@ -47,7 +47,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         plane = self.label_map(y).view(-1, 1, 28, 28)
         h = self.conv(torch.cat([x, plane], dim=1)).flatten(1)  # (B, 2c*49)
-        h = F.leaky_relu(self.fc(torch.cat([h, F.one_hot(y, self.num_classes).float()], 1)), 0.2)
+        h = F.leaky_relu(self.fc(torch.cat([h, F.one_hot(y, self.num_classes).to(h.dtype)], 1)), 0.2)
         return self.mu(h), self.logvar(h)
 
 
@@ -73,7 +73,7 @@ class Decoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.fc(torch.cat([z, F.one_hot(y, self.cfg.num_classes).float()], dim=1))
+        h = self.fc(torch.cat([z, F.one_hot(y, self.cfg.num_classes).to(z.dtype)], dim=1))
         return self.body(h.view(-1, self.cfg.channels * 2, 7, 7))
 
 

@@ -177,10 +177,10 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
     labels = None if label is None else (int(label) if label.strip().isdigit() else label)
     cache: dict[str, str] = {"Cache-Control": "no-store"}
     if seed is not None:
-        # the layout changes a few pixels; NCHW keeps the ETags of the builds before it (same bytes)
-        layout = () if m.layout == "nchw" else (m.layout,)
+        # layout, device kind and dtype change a few pixels: the ETag names them (none for float32
+        # NCHW on a CPU, which keeps the ETags of the builds before them: the same bytes)
         etag = _etag(m.name, m.version, m.sha256, n, seed, labels, columns, truncation, scale, settings.png_compress_level,
-                     *layout)
+                     *m.pixel_variant)
         cache = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
         if _etag_matches(request, etag):
             return Response(status_code=304, headers={**cache, "X-Model-Version": m.version, "X-Seed": str(seed)})

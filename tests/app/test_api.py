@@ -176,6 +176,19 @@ async def test_etag_names_the_layout_and_keeps_the_nchw_etags(app_factory):
     assert nhwc == _etag(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, app.state.settings.png_compress_level, "nhwc")
 
 
+async def test_etag_names_a_half_dtype(app_factory):
+    """float16/bfloat16 pixels differ from float32's by grey levels: other bytes, another ETag."""
+    from app.routes.generation import _etag
+
+    url = "/v1/models/tiny-gan/samples.png?seed=5"
+    async with app_factory(device="cpu", dtype="bfloat16") as (app, client):
+        r = await client.get(url)
+        m = app.state.service.registry.get("tiny-gan")
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+    level = app.state.settings.png_compress_level
+    assert r.headers["etag"] == _etag(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, level, "nhwc", "bfloat16")
+
+
 async def test_samples_png_without_seed_is_not_cached(client):
     r = await client.get(f"{GAN}/samples.png")
     assert r.status_code == 200 and r.headers["cache-control"] == "no-store" and "etag" not in r.headers

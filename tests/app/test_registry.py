@@ -158,3 +158,34 @@ def test_channels_last_pixels_stay_within_one_grey_level_and_batch_invariant(tin
         for size in a.buckets:  # calibrated in its own layout: every kept shape gives the 16-row bytes
             if size <= 16:
                 assert np.array_equal(a.generate_rows(z[:size], y[:size]), got[:size]), (name, size)
+
+
+def test_pixel_variant_names_what_changes_the_bytes(tiny_weights):
+    """Layout, device kind and dtype each change a few pixels (on an H200: 1 grey level on 1.2% of
+    the GAN's pixels against the CPU's), so ETags name them; float32 NCHW on a CPU names nothing."""
+    import dataclasses
+
+    m = registry(tiny_weights, device="cpu", channels_last=False).get("tiny-gan")
+    assert m.pixel_variant == ()
+    assert dataclasses.replace(m, layout="nhwc").pixel_variant == ("nhwc",)
+    gpu = dataclasses.replace(m, device=torch.device("cuda"))  # a device object only: nothing moves
+    assert gpu.pixel_variant == ("cuda",)
+    assert dataclasses.replace(gpu, dtype=torch.float16).pixel_variant == ("cuda", "float16")
+    assert dataclasses.replace(m, dtype=torch.bfloat16).pixel_variant == ("bfloat16",)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_both_model_kinds_serve_in_a_half_dtype(tiny_weights, dtype):
+    """LATENTSERVE_DTYPE=float16/bfloat16: the VAE's one-hot labels once stayed float32 and its
+    first dense layer refused them, so warm-up failed and the service never became ready."""
+    reg = registry(tiny_weights, device="cpu", dtype=dtype)
+    ref = registry(tiny_weights, device="cpu")
+    for name in ("tiny-gan", "tiny-vae"):
+        m, m32 = reg.get(name), ref.get(name)
+        z, y = rows(m, 8, seed=3)
+        pixels = m.generate_rows(z, y)
+        assert pixels.dtype == np.uint8 and pixels.shape == (8, *m.image_shape[1:])
+        assert np.abs(pixels.astype(int) - m32.generate_rows(z, y).astype(int)).max() <= 16  # close, not equal
+    vae = reg.get("tiny-vae")
+    stats = vae.encode_rows(torch.rand(8, *vae.image_shape), torch.arange(8) % len(vae.classes))
+    assert stats.dtype == np.float32 and stats.shape == (8, 2, vae.latent_dim) and np.isfinite(stats).all()
