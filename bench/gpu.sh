@@ -8,7 +8,7 @@
 #   4. the service's API tests with LATENTSERVE_DEVICE=cuda (tests that build their settings from
 #      the environment then run on the GPU).
 # Everything lands in $OUT (default: ./gpu-out). What the machine lacks travels with the tree:
-#   .whl/   wheels (fastapi, uvicorn, pydantic, ...: docs/benchmarks.md has the download command),
+#   .whl/   wheels (fastapi, uvicorn, pydantic, ...; `bash bench/gpu-prepare.sh` fills .whl/ and .tools/),
 #           installed with --no-deps into /tmp/site; wheels/ is used the same way when .whl/ is absent
 #   .tools/ wrk: a wrapper script .tools/wrk running .tools/wrk.bin with the libraries it links
 #           in .tools/lib (libluajit, libssl, libcrypto; copied from a Debian host with wrk)
