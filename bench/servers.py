@@ -56,10 +56,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH for a child process: the repository first, then the caller's own entries
+    (wheels carried to a bare machine live there)."""
+    return os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def _base_env() -> dict[str, str]:
     """This environment without LATENTSERVE_* (a stray one would change what is measured)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTSERVE_") and not k.startswith("BENCH_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = child_pythonpath()
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -34,16 +34,14 @@ def truncate(z: torch.Tensor, truncation: float) -> torch.Tensor:
 
 def seeded_latent(seed: int, latent_dim: int, num_classes: int, truncation: float = 1.0) -> tuple[torch.Tensor, int]:
     """(latent (latent_dim,), label drawn from the same seed) for one image."""
-    g = torch.Generator().manual_seed(seed % (MAX_SEED + 1))
-    z = torch.randn(latent_dim, generator=g)
-    label = int(torch.randint(num_classes, (1,), generator=g))
-    return truncate(z, truncation), label
+    z, y = seeded_latents(seed, 1, latent_dim, num_classes, truncation)
+    return z[0], int(y[0])
 
 
 def seeded_latents(seed: int, n: int, latent_dim: int, num_classes: int, truncation: float = 1.0,
                    labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Latents (n, latent_dim) and labels (n,) int64 for seeds seed, seed + 1, ..., seed + n - 1:
-    row i is ``seeded_latent(seed + i)``. With ``labels=False`` no label is drawn (None): the
+    row i comes from a generator seeded with seed + i, latent first, then label. With ``labels=False`` no label is drawn (None): the
     latent comes first from each generator, so it is the same. Written for the server's event
     loop, which draws one request's latents: tensors as the ops return them, no Python ints."""
     zs, ys = [], []

@@ -17,6 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from bench.servers import child_pythonpath
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,8 +30,7 @@ def free_port() -> int:
 
 def start_server(weights: Path, **env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    pythonpath = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # keep the caller's
-    environ = {**os.environ, "PYTHONPATH": pythonpath, "LATENTSERVE_WEIGHTS_DIR": str(weights),
+    environ = {**os.environ, "PYTHONPATH": child_pythonpath(), "LATENTSERVE_WEIGHTS_DIR": str(weights),
                "LATENTSERVE_PORT": str(port), "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_TORCH_THREADS": "1",
                # access logs at load would fill the unread stdout pipe and block the server
                "LATENTSERVE_LOG_LEVEL": "warning", **env}

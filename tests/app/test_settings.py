@@ -13,6 +13,7 @@ import torch
 from pydantic import ValidationError
 
 from app.settings import DEFAULT_WEIGHTS_DIR, ENV_PREFIX, Settings, describe_errors
+from bench.servers import child_pythonpath
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,7 +158,7 @@ def test_several_errors_one_line_each(monkeypatch):
 
 def _run_app(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIX)}
-    full["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    full["PYTHONPATH"] = child_pythonpath()
     full.update({ENV_PREFIX + k.upper(): v for k, v in env.items()})
     return subprocess.run([sys.executable, "-m", "app"], cwd=REPO, env=full, capture_output=True,
                           text=True, timeout=120)
