@@ -105,6 +105,10 @@ def cases(max_upload_bytes: int) -> list[Case]:
              lambda: encoded(Image.fromarray(np.full((40, 30), 40000, dtype=np.uint16))), 200),
         Case("palette PNG", "image/png", lambda: encoded(Image.new("RGB", (28, 28), (200, 10, 10)).convert("P")), 200),
         Case("1-bit PNG", "image/png", lambda: encoded(Image.new("1", (50, 50), 1)), 200),
+        Case("40000x1 strip (a 120-byte PNG; padded to a square it was 1.6 GB)", "image/png",
+             lambda: encoded(Image.new("L", (40000, 1), 255)), 200),
+        Case("LAB TIFF (no grayscale conversion)", "image/tiff", lambda: encoded(Image.new("LAB", (30, 20)), "TIFF"), 422,
+             "invalid_request"),
         Case("CMYK JPEG", "image/jpeg", lambda: encoded(Image.new("CMYK", (28, 28), (0, 0, 0, 0)), "JPEG"), 200),
         Case("body 4x over the upload limit", "image/png", lambda: bytes(4 * max_upload_bytes), 413, "payload_too_large"),
     ]

@@ -252,6 +252,40 @@ def test_decode_tall_image_pads_columns():
     np.testing.assert_array_equal(out[:, 7:21], 1.0)
 
 
+def test_decode_uneven_aspect_is_fitted_then_centred():
+    gray = np.full((20, 30), 200, np.uint8)  # 30 wide, 20 high -> 28 x 19 (round(20 * 28 / 30)), rows 4..22
+    out = decode_upload(encode(Image.fromarray(gray, mode="L")), MAX_PIXELS)
+    np.testing.assert_array_equal(out[:4], 0.0)
+    np.testing.assert_array_equal(out[23:], 0.0)
+    np.testing.assert_allclose(out[4:23], 200 / 255, atol=1e-6)
+
+
+def test_decode_narrow_strip_allocates_nothing_larger_than_the_upload(monkeypatch):
+    """A 40,000x1 strip (a 120-byte PNG) is within the pixel limit; padding it to a square before
+    resizing allocated 40,000^2 bytes (1.6 GB, 4 s). No image larger than the upload may be made."""
+    data = encode(Image.fromarray(np.full((1, 40000), 255, np.uint8), mode="L"))
+    assert len(data) < 1000
+    sizes: list[tuple[int, int]] = []
+    real_new = Image.new
+
+    def spy(mode, size, *args, **kwargs):
+        sizes.append(tuple(size))
+        return real_new(mode, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "new", spy)
+    out = decode_upload(data, MAX_PIXELS)
+    assert sizes and max(w * h for w, h in sizes) <= 40000
+    np.testing.assert_array_equal(out[13], 1.0)  # one row of 28 white pixels, centred
+    assert out.sum() == 28.0
+
+
+def test_decode_unconvertible_mode_is_invalid_input():
+    buf = io.BytesIO()
+    Image.new("LAB", (30, 20)).save(buf, format="TIFF")
+    with pytest.raises(InvalidInput, match="LAB"):
+        decode_upload(buf.getvalue(), MAX_PIXELS)
+
+
 def test_decode_large_square_is_box_averaged():
     big = np.zeros((56, 56), np.uint8)
     big[0::2, 0::2] = 255  # one white pixel per 2x2 block -> every output pixel is 255/4
