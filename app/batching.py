@@ -268,7 +268,13 @@ class Batcher:
             batch = self._take(self.max_batch_rows, loop.time())
             rows = sum(c for _, _, c in batch)
             if busy and self.max_wait_s > 0 and 0 < rows < self.max_batch_rows:
-                await asyncio.sleep(self.max_wait_s)
+                # rows taken are in flight while the batch tops up: drain() waits for them, and
+                # stop() fails their jobs instead of leaving them to their deadlines
+                self._in_flight, self._in_flight_jobs = rows, [job for job, _, _ in batch]
+                try:
+                    await asyncio.sleep(self.max_wait_s)
+                finally:
+                    self._in_flight, self._in_flight_jobs = 0, []
                 more = self._take(self.max_batch_rows - rows, loop.time())
                 batch += more
                 rows += sum(c for _, _, c in more)

@@ -527,6 +527,36 @@ async def test_drain_finishes_queued_jobs(make):
     assert 900 not in fake.ids
 
 
+async def _worker_topping_up(make):
+    """A worker that has taken a 2-row job off the queue and sleeps max_wait_s to top it up."""
+    fake = FakeModel(block=(0,))
+    b = make(fake, max_batch_rows=8, max_wait_s=0.5)
+    first = b.submit(job_inputs(0, 1), LONG)
+    await wait_until(fake.entered.is_set, "the first forward pass")
+    taken = b.submit(job_inputs(100, 2), LONG)
+    fake.release()
+    await b.result(first)
+    await wait_until(lambda: b.queued_rows == 0, "the worker taking the job")
+    assert fake.sizes == [1] and not taken.future.done()
+    return b, fake, taken
+
+
+async def test_drain_waits_for_rows_taken_while_topping_up(make):
+    b, fake, taken = await _worker_topping_up(make)
+    assert await b.drain(5.0) is True
+    assert taken.future.done()
+    np.testing.assert_array_equal(taken.future.result(), expected(100, 2))
+    assert fake.sizes == [1, 2]
+
+
+async def test_stop_while_topping_up_fails_the_taken_job(make):
+    b, fake, taken = await _worker_topping_up(make)
+    await b.stop()
+    with pytest.raises(NotReady, match="shutting down"):
+        await asyncio.wait_for(b.result(taken), 1.0)
+    assert fake.sizes == [1]
+
+
 async def test_drain_timeout_returns_false(make):
     fake = FakeModel(block=(0,))
     b = make(fake)
