@@ -121,6 +121,13 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
         module = build_module(card["kind"], card["config"])
     except (TypeError, ValueError) as e:
         raise ModelLoadError(f"{card_path}: cannot build the model from the card ({e})") from e
+    classes = card.get("classes")
+    if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes)
+            or len({c.strip().lower() for c in classes}) != len(classes)):
+        raise ModelLoadError(f"{card_path}: classes must be a list of distinct, non-empty names")
+    num_classes = getattr(module.cfg, "num_classes", len(classes))
+    if len(classes) != num_classes:  # a label past the embedding would fail a whole shared batch
+        raise ModelLoadError(f"{card_path}: {len(classes)} classes named for a model of num_classes={num_classes}")
     try:
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as e:

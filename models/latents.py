@@ -63,12 +63,16 @@ def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation (Shoemake, 1985; White, 2016 for GAN latents); lerp when parallel."""
+    """Spherical interpolation (Shoemake, 1985; White, 2016 for GAN latents); lerp when parallel.
+    Opposite directions have no unique great circle between them (and 1/sin(omega) blows up near
+    them): ValueError, so a caller can ask for lerp instead."""
     a64, b64, t64 = a.double(), b.double(), t.double()
     cos = torch.dot(a64, b64) / (a64.norm() * b64.norm()).clamp_min(1e-12)
     omega = torch.arccos(cos.clamp(-1.0, 1.0))
     if omega.abs() < 1e-6:
         return lerp(a, b, t)
+    if math.pi - float(omega) < 1e-6:
+        raise ValueError("the two latents point in opposite directions: slerp has no unique path between them")
     so = torch.sin(omega)
     out = (torch.sin((1.0 - t64) * omega) / so)[:, None] * a64[None] + (torch.sin(t64 * omega) / so)[:, None] * b64[None]
     return out.to(a.dtype)

@@ -167,6 +167,23 @@ def test_unknown_config_key(saved_gan):
         load_model(card_path)
 
 
+@pytest.mark.parametrize("classes, message", [
+    (None, "classes must be a list"),
+    ([], "classes must be a list"),
+    (["a"] * 10, "distinct"),
+    ([f"c{i}" for i in range(9)] + [""], "non-empty"),
+    ([f"c{i}" for i in range(11)], "11 classes named for a model of num_classes=10"),
+    ([f"c{i}" for i in range(9)], "9 classes named for a model of num_classes=10"),
+])
+def test_card_classes_must_match_the_model(saved_gan, classes, message):
+    """The served label range comes from the card: one class past the embedding failed a whole
+    shared batch at run time."""
+    card_path, _, _ = saved_gan
+    edit_card(card_path, classes=classes)
+    with pytest.raises(ModelLoadError, match=rf"tiny-gan\.json: .*{message}"):
+        load_model(card_path)
+
+
 def test_unknown_kind(saved_gan):
     card_path, _, _ = saved_gan
     edit_card(card_path, kind="diffusion")

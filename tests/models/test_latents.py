@@ -140,3 +140,22 @@ def test_slerp_parallel_falls_back_to_lerp():
     a = torch.randn(6)
     t = torch.tensor([0.0, 0.5, 1.0])
     assert torch.allclose(slerp(a, 2 * a, t), lerp(a, 2 * a, t), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.0000001, 3.0])
+def test_slerp_refuses_opposite_endpoints(scale):
+    """1/sin(pi) gave latents of norm ~1e9; there is no unique great circle from a to -a."""
+    a = torch.randn(16, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    with pytest.raises(ValueError, match="opposite directions"):
+        slerp(a, -scale * a, torch.linspace(0, 1, 5))
+
+
+def test_slerp_nearly_opposite_endpoints_stay_on_the_sphere():
+    a = torch.zeros(8, dtype=torch.float64)
+    a[0] = 1.0
+    b = -a.clone()
+    b[1] = 1e-3  # 0.999 999 5 of pi apart: one great circle, through the second axis
+    b = b / b.norm()
+    out = slerp(a, b, torch.linspace(0, 1, 9, dtype=torch.float64))
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(9, dtype=torch.float64))
+    assert abs(float(out[4, 1])) > 0.99  # the midpoint is on the second axis, not blown up
