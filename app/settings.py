@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -68,9 +69,21 @@ class Settings(BaseSettings):
     @classmethod
     def _check_device(cls, v: str) -> str:
         v = v.strip().lower()
-        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isascii() and v[5:].isdigit()):
             return v
         raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network (CIDR); give addresses "
+                                     "such as 10.0.0.0/8 or 127.0.0.1, or * for any") from None
+        return v
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -84,6 +97,9 @@ class Settings(BaseSettings):
                              f"LATENTSERVE_MAX_BATCH_ROWS ({self.max_batch_rows})")
         if self.max_images_per_request > self.max_queue_rows:
             raise ValueError(f"LATENTSERVE_MAX_IMAGES_PER_REQUEST ({self.max_images_per_request}) must not exceed "
+                             f"LATENTSERVE_MAX_QUEUE_ROWS ({self.max_queue_rows}): such a request could never be queued")
+        if self.max_interpolation_steps > self.max_queue_rows:
+            raise ValueError(f"LATENTSERVE_MAX_INTERPOLATION_STEPS ({self.max_interpolation_steps}) must not exceed "
                              f"LATENTSERVE_MAX_QUEUE_ROWS ({self.max_queue_rows}): such a request could never be queued")
         return self
 

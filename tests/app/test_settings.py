@@ -128,6 +128,9 @@ def _errors(monkeypatch, **env: str) -> tuple[ValidationError, str]:
     ({"request_timeout_s": "0"}, "LATENTSERVE_REQUEST_TIMEOUT_S", "'0'"),
     ({"log_level": "loud"}, "LATENTSERVE_LOG_LEVEL", "'loud'"),
     ({"max_upload_pixels": "100"}, "LATENTSERVE_MAX_UPLOAD_PIXELS", "'100'"),
+    ({"device": "cuda:\u00b2"}, "LATENTSERVE_DEVICE", "must be auto, cpu, cuda, cuda:N or mps"),
+    ({"forwarded_allow_ips": "10.0.0.0/8,localhost"}, "LATENTSERVE_FORWARDED_ALLOW_IPS",
+     "'localhost' is not an IP address or network"),
 ])
 def test_invalid_values_name_the_variable(monkeypatch, env, var, fragment):
     exc, text = _errors(monkeypatch, **env)
@@ -144,6 +147,22 @@ def test_min_batch_rows_above_max(monkeypatch):
     # min above the default max as well
     _, text = _errors(monkeypatch, min_batch_rows="65", max_batch_rows="64")
     assert "LATENTSERVE_MIN_BATCH_ROWS (65)" in text
+
+
+def test_interpolation_steps_above_the_queue_bound(monkeypatch):
+    """Such interpolations would be a 429 forever (never queueable): refused at startup."""
+    exc, text = _errors(monkeypatch, max_queue_rows="16", max_images_per_request="16")
+    assert len(exc.errors()) == 1
+    assert "LATENTSERVE_MAX_INTERPOLATION_STEPS (64) must not exceed LATENTSERVE_MAX_QUEUE_ROWS (16)" in text
+    monkeypatch.setenv("LATENTSERVE_MAX_INTERPOLATION_STEPS", "16")
+    assert Settings().max_interpolation_steps == 16
+
+
+def test_proxy_networks_and_star_are_accepted(monkeypatch):
+    monkeypatch.setenv("LATENTSERVE_FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.168.1.7, ::1, fd00::/8")
+    assert Settings().forwarded_allow_ips == ["10.0.0.0/8", "192.168.1.7", "::1", "fd00::/8"]
+    monkeypatch.setenv("LATENTSERVE_FORWARDED_ALLOW_IPS", "*")
+    assert Settings().forwarded_allow_ips == ["*"]
 
 
 def test_several_errors_one_line_each(monkeypatch):
