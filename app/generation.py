@@ -28,6 +28,13 @@ class Images:
     batch_ids: list[int]  # the forward passes that made the rows (for access logs)
 
 
+def label_spec(text: str) -> int | str:
+    """A label from a query string or form field: a class index when it is plain ASCII digits (at
+    most 9 of them; "²" and Arabic-Indic digits are names, which fail as unknown ones), else a name."""
+    v = text.strip()
+    return int(v) if v.isascii() and v.isdigit() and len(v) <= 9 else text
+
+
 def resolve_label(model: ServedModel, label: int | str) -> int:
     classes = model.classes
     if isinstance(label, bool):
@@ -40,8 +47,9 @@ def resolve_label(model: ServedModel, label: int | str) -> int:
     for i, name in enumerate(classes):
         if name.lower() == key:
             return i
-    if key.isdigit() and int(key) < len(classes):
-        return int(key)
+    index = label_spec(key)
+    if isinstance(index, int) and index < len(classes):
+        return index
     raise InvalidInput(f"unknown label {label[:40]!r}; classes are: {', '.join(classes)}")
 
 
@@ -87,10 +95,15 @@ class GenerationService:
         job = batcher.submit((z, y), self.settings.request_timeout_s)
         return await batcher.result(job), job.batch_ids
 
-    async def sample(self, name: str, n: int, seed: int | None, labels, truncation: float) -> Images:
+    def check_sample(self, name: str, n: int, labels) -> tuple[ServedModel, list[int] | None]:
+        """The model and the resolved labels, if ``n`` images with ``labels`` can be sampled from it;
+        else the 4xx."""
         model = self.registry.get(name)
         self._check_n(n)
-        resolved = resolve_labels(model, labels, n)
+        return model, resolve_labels(model, labels, n)
+
+    async def sample(self, name: str, n: int, seed: int | None, labels, truncation: float) -> Images:
+        model, resolved = self.check_sample(name, n, labels)
         self.generators[name].admit(n)  # refuse before drawing latents: cheap 429s under overload
         seed = self.random_seed() if seed is None else seed
         z, drawn = seeded_latents(seed, n, model.latent_dim, len(model.classes), truncation, labels=resolved is None)
@@ -147,7 +160,10 @@ class GenerationService:
             else:
                 ends.append(seeded_latent(point.seed, model.latent_dim, len(model.classes), truncation)[0])
         t = torch.linspace(0.0, 1.0, steps)
-        z = (slerp if method == "slerp" else lerp)(ends[0], ends[1], t).float().contiguous()
+        try:
+            z = (slerp if method == "slerp" else lerp)(ends[0], ends[1], t).float().contiguous()
+        except ValueError as e:  # slerp between opposite latents
+            raise InvalidInput(f"{e}; use \"method\": \"lerp\" (through the origin)") from None
         y = [resolve_label(model, label)] * steps
         pixels, batches = await self._generate(model, z, torch.tensor(y, dtype=torch.long))
         return Images(pixels, y, None, z.numpy(), batches)

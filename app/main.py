@@ -19,7 +19,11 @@ from app.fastpath import SamplesFastPath
 from app.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.generation import GenerationService
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.middleware import (
+    BodyLimitMiddleware,
+    HeadAsGetMiddleware,
+    RequestContextMiddleware,
+)
 from app.openapi import tailored_openapi
 from app.registry import Registry
 from app.routes import generation, health, models
@@ -98,7 +102,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(models.router)
     app.include_router(generation.router)
     # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys,
-    # load shedding, body limits, and the raw ASGI path for sampling
+    # load shedding, body limits, the raw ASGI path for sampling, and HEAD as GET
+    app.add_middleware(HeadAsGetMiddleware)
     app.add_middleware(SamplesFastPath, state=app.state)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(LoadShedMiddleware, state=app.state)

@@ -110,3 +110,26 @@ class BodyLimitMiddleware:
 
         await self.app(scope, limited, send)
 
+
+
+class HeadAsGetMiddleware:
+    """HEAD is GET without the body (RFC 9110, 9.3.2): every GET route answers it with the status
+    and headers GET would send (Content-Length and ETag included), and no body. FastAPI's routes
+    answer only the methods they name. A POST-only route stays a 405 that names POST."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)

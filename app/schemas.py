@@ -14,7 +14,9 @@ Latent = Annotated[list[FiniteFloat], Field(min_length=1, max_length=4096)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Request bodies: unknown fields are errors, and JSON types are taken as sent (strict mode: a
+    boolean is not a seed, "2" is not a count, 1.0 is not an integer; an integer is a float)."""
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ImageSpec(BaseModel):

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope
 from app import imaging
 from app.asgi import json_bytes
 from app.exceptions import InvalidInput, UnsupportedMediaType
-from app.generation import Images
+from app.generation import Images, label_spec
 from app.routes import ServiceDep, SettingsDep, live_service
 from app.schemas import (
     MAX_SEED,
@@ -173,8 +173,8 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
                       columns: Annotated[int, Query(ge=1, le=256)] = 8,
                       truncation: Annotated[float, Query(gt=0.0, le=1.0)] = 1.0,
                       scale: Annotated[int, Query(ge=1, le=16)] = 1) -> Response:
-    m = service.registry.get(model)
-    labels = None if label is None else (int(label) if label.strip().isdigit() else label)
+    labels = None if label is None else label_spec(label)
+    m, _ = service.check_sample(model, n, labels)  # a request that is a 4xx is never a 304
     cache: dict[str, str] = {"Cache-Control": "no-store"}
     if seed is not None:
         # layout, device kind and dtype change a few pixels: the ETag names them (none for float32
@@ -237,7 +237,7 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
         return np.stack([imaging.decode_upload(b, limit, invert) for b in blobs])
 
     pixels = await in_png_pool(request, decode_all)
-    parsed: list[int | str] = [int(v) if v.strip().isdigit() else v for v in labels]
+    parsed = [label_spec(v) for v in labels]
     spec = None if not parsed else (parsed[0] if len(parsed) == 1 else parsed)
     if spec is None:
         raise InvalidInput("label is required to encode with a class-conditional VAE (query ?label= or form field)")

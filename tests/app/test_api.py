@@ -197,6 +197,51 @@ async def test_samples_png_without_seed_is_not_cached(client):
     assert_error(await client.get(f"{GAN}/samples.png", params={"n": "many"}), 422, "invalid_request")
 
 
+@pytest.mark.parametrize("label", ["\u00b2", "\u0663", "9" * 5000])
+async def test_labels_that_look_like_digits_are_422(client, label):
+    """str.isdigit() is true for "²" and Arabic-Indic digits, which int() refuses, and int()
+    refuses 5,000 digits: each was a 500. Only ASCII digits are an index; the rest are names."""
+    err = assert_error(await client.get(f"{GAN}/samples.png", params={"seed": 1, "label": label[:64]}), 422,
+                       "invalid_request")
+    assert "unknown label" in err["message"]
+    err = assert_error(await client.post(f"{GAN}/samples", json={"seed": 1, "labels": label}), 422, "invalid_request")
+    assert "unknown label" in err["message"] and len(err["message"]) < 400
+    png = (await client.get(f"{VAE}/samples.png", params={"seed": 1})).content
+    r = await client.post(f"{VAE}/encode", files={"file": ("a.png", png, "image/png")}, data={"label": label})
+    assert_error(r, 422, "invalid_request")
+
+
+async def test_invalid_samples_png_is_never_a_304(client):
+    """If-None-Match is answered only for a request that would be a 200."""
+    for params in ({"seed": 1, "label": "nonsense"}, {"seed": 1, "n": 4000}):
+        r = await client.get(f"{GAN}/samples.png", params=params, headers={"If-None-Match": "*"})
+        assert_error(r, 422, "invalid_request")
+    ok = await client.get(f"{GAN}/samples.png", params={"seed": 1, "label": "Bag"}, headers={"If-None-Match": "*"})
+    assert ok.status_code == 304
+
+
+async def test_head_answers_every_get_route_without_a_body(client):
+    for path in ("/healthz", "/readyz", "/v1/models", f"{GAN}", f"{GAN}/samples.png?seed=3"):
+        get = await client.get(path)
+        head = await client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-length"] == get.headers["content-length"], path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    assert (await client.head(f"{GAN}/samples.png?seed=3")).headers["etag"] == (await client.get(f"{GAN}/samples.png?seed=3")).headers["etag"]
+    r = await client.head(f"{GAN}/samples")  # a POST route
+    assert r.status_code == 405 and r.content == b"" and "POST" in r.headers["allow"]
+
+
+@pytest.mark.parametrize("body", [
+    {"seed": True}, {"n": True}, {"n": "2"}, {"seed": 1.0}, {"scale": "2"}, {"include_latents": "yes"},
+    {"format": "json", "include_latents": 1},
+])
+async def test_json_types_are_strict(client, body):
+    """A JSON boolean is not a seed and "2" is not a count: pydantic's lax mode took both."""
+    assert_error(await client.post(f"{GAN}/samples", json=body), 422, "invalid_request")
+
+
 # ---- decode ----
 
 async def test_decode_reproduces_sampled_image(client):
@@ -296,6 +341,19 @@ async def test_interpolate_rejects_bad_bodies(client, body):
     assert_error(await client.post(f"{GAN}/interpolate", json=body), 422, "invalid_request")
 
 
+async def test_interpolate_between_opposite_latents(client):
+    """slerp has no unique path between z and -z (1/sin(pi) made latents of norm ~1e9): a 422
+    that names lerp, which works."""
+    z = [1.0] + [0.0] * (GAN_LATENT - 1)
+    body = {"start": {"latent": z}, "end": {"latent": [-v for v in z]}, "steps": 8, "format": "json"}
+    err = assert_error(await client.post(f"{GAN}/interpolate", json=body), 422, "invalid_request")
+    assert "opposite directions" in err["message"] and "lerp" in err["message"]
+    r = await client.post(f"{GAN}/interpolate", json={**body, "method": "lerp"})
+    assert r.status_code == 200
+    firsts = [f["latent"][0] for f in r.json()["images"]]
+    np.testing.assert_allclose(firsts, np.linspace(1.0, -1.0, 8), atol=1e-6)
+
+
 # ---- errors, overload, deadlines, disconnects, failures ----
 
 async def test_unknown_route_and_method_have_json_errors(client):
@@ -331,7 +389,7 @@ async def hold_a_pass_and_queue(app, client, queued_rows: int):
 
 
 async def test_queue_full_gives_429_and_service_recovers(app_factory):
-    async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8) as (app, client):
+    async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8, max_interpolation_steps=8) as (app, client):
         release, first, queued = await hold_a_pass_and_queue(app, client, 6)
         r = await client.post(f"{GAN}/samples", json={"n": 3, "seed": 3})
         err = assert_error(r, 429, "queue_full")
@@ -344,7 +402,7 @@ async def test_queue_full_gives_429_and_service_recovers(app_factory):
 
 
 async def test_full_queue_sheds_requests_before_parsing_them(app_factory):
-    async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8) as (app, client):
+    async with app_factory(max_queue_rows=8, max_batch_rows=8, max_images_per_request=8, max_interpolation_steps=8) as (app, client):
         release, first, queued = await hold_a_pass_and_queue(app, client, 8)
         batcher = app.state.service.generators["tiny-gan"]
         assert batcher.saturated()
