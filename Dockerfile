@@ -3,7 +3,8 @@
 #   docker run --rm -p 127.0.0.1:8000:8000 latentserve
 # CUDA build: a CUDA wheel of torch instead of the CPU one (run with --gpus all):
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t latentserve:cuda .
-# Air-gapped build: put the wheels in wheels/ (see wheels/README.md); nothing is then fetched.
+# Air-gapped build: put the wheels in wheels/ (see wheels/README.md); nothing is then fetched, and
+# TORCH_INDEX_URL is not used: keep wheels/ empty for the CUDA build.
 ARG BASE_IMAGE=python:3.11-slim
 # build stage: the venv, from the index or from wheels/ (which never reach the final image)
 FROM ${BASE_IMAGE} AS build

@@ -10,13 +10,18 @@ TAG=${TAG:-localhost/latentserve:smoke}
 PORT=${PORT:-18000}
 PY=${PYTHON:-python3}
 
-bash ../shared/tools/podman-base-image.sh
+# this project's machines build the local base image with a shared helper; elsewhere pull one and
+# pass it: BASE_IMAGE=docker.io/library/python:3.11-slim bash deploy/container-smoke.sh
+if [ -f ../shared/tools/podman-base-image.sh ]; then bash ../shared/tools/podman-base-image.sh; fi
 echo "== wheels for an offline build (host)"
 # the base image's python is Debian bookworm's 3.11, like the host's: wheels for the project, its
 # dependencies (torch pinned to the CPU build) and the build backend
 "$PY" -m pip wheel --quiet --wheel-dir wheels "torch==2.13.0" setuptools wheel .
 echo "== build (no network inside)"
 podman build --pull=never --network=none --build-arg BASE_IMAGE="$BASE" -t "$TAG" .
+# wheels/ switches the Dockerfile to offline installs: left there, a later CUDA build would take
+# this CPU torch instead of TORCH_INDEX_URL's
+rm -f wheels/*.whl
 echo "== run"
 CID=$(podman run -d --init -p 127.0.0.1:$PORT:8000 "$TAG")
 trap 'podman rm -f "$CID" >/dev/null 2>&1 || true' EXIT

@@ -44,11 +44,38 @@ def test_probes_and_grace_period_cover_the_drain(deployment: dict):
     assert c["startupProbe"]["httpGet"]["path"] == "/readyz"
     env = {e["name"]: e.get("value") for e in c["env"]}
     drain = float(env.get("LATENTSERVE_DRAIN_TIMEOUT_S") or Settings().drain_timeout_s)
-    pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    command = c["lifecycle"]["preStop"]["exec"]["command"]  # exec sleep: any Kubernetes version
+    assert command[0] == "sleep" and len(command) == 2
+    pre_stop = float(command[1])
     assert pod["terminationGracePeriodSeconds"] > drain + pre_stop
+    assert c["readinessProbe"]["timeoutSeconds"] > 1 and c["livenessProbe"]["timeoutSeconds"] > 1
     assert "cpu" in c["resources"]["requests"]
     for name in env:
         assert name.removeprefix("LATENTSERVE_").lower() in Settings.model_fields, name
+
+
+@pytest.mark.parametrize("deployment", deployments(), ids=lambda d: d["metadata"]["name"])
+def test_every_variant_is_scraped_keyed_and_behind_the_gateway(deployment: dict):
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    env = {e["name"]: e for e in template["spec"]["containers"][0]["env"]}
+    assert {"LATENTSERVE_API_KEYS", "LATENTSERVE_FORWARDED_ALLOW_IPS", "LATENTSERVE_TORCH_THREADS"} <= set(env)
+    Settings(forwarded_allow_ips=env["LATENTSERVE_FORWARDED_ALLOW_IPS"]["value"])  # a valid value
+
+
+def test_deployment_selectors_do_not_overlap():
+    """Each Deployment owns only its own pods (overlapping selectors make the HPA average the CPU
+    of the GPU pods too); the HPA owns the CPU Deployment's count."""
+    ds = deployments()
+    for d in ds:
+        selector = d["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        for other in ds:
+            if other is not d:
+                assert not selector.items() <= other["spec"]["template"]["metadata"]["labels"].items()
+    hpa = next(doc for p in MANIFESTS for doc in yaml.safe_load_all(p.read_text()) if doc["kind"] == "HorizontalPodAutoscaler")
+    target = next(d for d in ds if d["metadata"]["name"] == hpa["spec"]["scaleTargetRef"]["name"])
+    assert "replicas" not in target["spec"]
 
 
 def test_dockerfile_conventions():
