@@ -111,7 +111,6 @@ class BodyLimitMiddleware:
         await self.app(scope, limited, send)
 
 
-
 class HeadAsGetMiddleware:
     """HEAD is GET without the body (RFC 9110, 9.3.2): every GET route answers it with the status
     and headers GET would send (Content-Length and ETag included), and no body. FastAPI's routes
