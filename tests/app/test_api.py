@@ -7,6 +7,7 @@ import base64
 import io
 import threading
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -427,7 +428,7 @@ async def test_full_queue_sheds_requests_before_parsing_them(app_factory):
 
 
 async def test_deadline_gives_504_and_rows_are_not_computed(app_factory):
-    async with app_factory(request_timeout_s=0.3) as (app, client):
+    async with app_factory(request_timeout_s=1.0) as (app, client):  # 1 s: the last pass is real
         release, entered, rows = block_forward(app)
         first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 2, "seed": 1}))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
@@ -527,6 +528,54 @@ async def test_failed_forward_pass_fails_only_its_batch(app_factory):
         err = assert_error(await client.post(f"{GAN}/samples", json={"seed": 1}), 500, "internal_error")
         assert "/secret/path" not in err["message"] and "error id" in err["message"]
         assert (await client.post(f"{GAN}/samples", json={"seed": 1})).status_code == 200
+
+
+@pytest.mark.parametrize("call", ["fast path", "route"])
+async def test_unexpected_error_is_a_500_with_an_error_id_only(app_factory, monkeypatch, caplog, call):
+    """An exception outside the forward pass (not a service error): the client gets a 500 with an
+    error id, never the exception text; the log line carries the same id and the traceback."""
+    from app.generation import GenerationService
+
+    async def broken(self, *args, **kwargs):
+        raise RuntimeError("boom at /secret/path")
+
+    monkeypatch.setattr(GenerationService, "sample", broken)
+    async with app_factory() as (app, client):
+        if call == "fast path":
+            r = await client.post(f"{GAN}/samples", json={"seed": 1})
+        else:  # Starlette re-raises after answering, for the server's log: as uvicorn does, carry on
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+                r = await c.get(f"{GAN}/samples.png", params={"seed": 1})
+        err = assert_error(r, 500, "internal_error")
+        assert "/secret/path" not in r.text and "boom" not in r.text
+        error_id = err["error_id"]
+        assert len(error_id) == 16 and error_id in err["message"]
+        logged = [rec for rec in caplog.records if error_id in rec.getMessage()]
+        assert len(logged) == 1 and "boom at /secret/path" in logged[0].getMessage() and logged[0].exc_info
+        assert (await client.get("/readyz")).status_code == 200  # the service goes on
+
+
+async def test_failed_warm_up_is_fatal_and_readiness_says_failed(app_factory, monkeypatch):
+    from app.registry import Registry
+
+    def broken_warm_up(self):
+        raise RuntimeError("mat1 and mat2 must have the same dtype")
+
+    monkeypatch.setattr(Registry, "warm_up", broken_warm_up)
+    async with app_factory(wait_ready=False) as (app, client):
+        fatal: list[bool] = []
+        app.state.on_fatal = lambda: fatal.append(True)  # python -m app stops the server here
+        for _ in range(500):
+            if app.state.fatal:
+                break
+            await asyncio.sleep(0.01)
+        assert app.state.fatal == "warm-up failed: RuntimeError('mat1 and mat2 must have the same dtype')"
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert (await client.get("/healthz")).status_code == 200
+        assert_error(await client.post(f"{GAN}/samples", json={}), 503, "not_ready")
+        assert not app.state.ready
 
 
 async def test_readiness_is_503_until_warm_up_ends(app_factory, monkeypatch):

@@ -47,5 +47,5 @@ async def test_multipart_with_too_many_files_is_refused(app_factory):
         png = small_png()
         files = [("file", (f"{i}.png", png, "image/png")) for i in range(5)]
         r = await client.post(VAE, params={"label": 0}, files=files)
-        assert 400 <= r.status_code < 500, r.text
+        assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request", r.text  # as the README says
         assert r.json()["error"]["message"]

@@ -115,6 +115,31 @@ def test_interpolate_endpoint_is_exactly_one_of_seed_or_latent(start, end, rest)
     assert 2 <= req.steps <= 1024 and 20 <= req.frame_ms <= 5000
 
 
+valid_endpoints = (st.builds(lambda s: {"seed": s}, st.integers(0, MAX_SEED))
+                   | st.builds(lambda v: {"latent": v}, st.lists(st.floats(-4, 4, width=32), min_size=1, max_size=8)))
+valid_interpolations = st.fixed_dictionaries(
+    {"start": valid_endpoints, "end": valid_endpoints},
+    optional={"steps": st.integers(2, 1024), "method": st.sampled_from(["slerp", "lerp"]), "label": labels,
+              "truncation": st.floats(0.0, 1.0, exclude_min=True), "format": st.sampled_from(["png", "gif", "json"]),
+              "scale": st.integers(1, 16), "frame_ms": st.integers(20, 5000)})
+
+
+@FAST
+@given(valid_interpolations)
+def test_every_interpolation_in_bounds_is_accepted_as_sent(body):
+    """The valid side of the property above (arbitrary bodies are almost never valid)."""
+    req = InterpolateRequest.model_validate(body)
+    for given_point, point in ((body["start"], req.start), (body["end"], req.end)):
+        if "seed" in given_point:
+            assert isinstance(point, SeedEndpoint) and point.seed == given_point["seed"]
+        else:
+            assert isinstance(point, LatentEndpoint) and point.latent == given_point["latent"]
+    for key in ("steps", "method", "label", "truncation", "format", "scale", "frame_ms"):
+        if key in body:
+            assert getattr(req, key) == body[key]
+    assert InterpolateRequest.model_validate_json(req.model_dump_json()) == req
+
+
 # -- the upload decoder --
 
 FORMATS = {"PNG": {"L", "RGB", "RGBA", "LA", "P", "1", "I;16"}, "BMP": {"L", "RGB", "P", "1"},

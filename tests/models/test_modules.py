@@ -191,3 +191,16 @@ def test_ema_update_moves_by_one_minus_decay():
     ema_update(ema, model, decay=0.5)  # from 0.1 k towards k by half: 0.55 k
     for i, pe in enumerate(ema.parameters()):
         assert torch.allclose(pe, torch.full_like(pe, 0.55 * (i + 1)), atol=1e-6)
+
+
+def test_to_uint8_maps_the_tanh_range_onto_grey_levels():
+    """[-1, 1] -> 0..255 by (x + 1) * 127.5, rounded half to even, clamped outside the range."""
+    from models.images import to_uint8
+
+    x = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.00392, 0.5, 1.0, 3.0, float("-inf"), float("inf")]).view(1, 1, 1, -1)
+    assert to_uint8(x).tolist() == [[[0, 0, 64, 128, 128, 191, 255, 255, 0, 255]]]
+    batch = torch.full((3, 1, 2, 2), -1.0)
+    batch[1] = 1.0
+    out = to_uint8(batch)
+    assert out.dtype == torch.uint8 and out.shape == (3, 2, 2)
+    assert out[:, 0, 0].tolist() == [0, 255, 0]

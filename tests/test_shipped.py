@@ -1,0 +1,40 @@
+"""The shipped weights/ folder as the container serves it: which models load, and a README URL's
+answer with its ETag pinned (an ETag is a promise to caches: a change of its recipe must be seen)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from app.settings import DEFAULT_WEIGHTS_DIR, Settings
+from models.card import ModelLoadError
+from tests.conftest import running_app
+
+# GET /v1/models/fashion-gan/samples.png?seed=7&label=Sneaker&scale=4 on a CPU (NHWC layout),
+# PNG level 1; recorded 2026-11-29 with the README's start command
+README_URL = "/v1/models/fashion-gan/samples.png"
+README_ETAG = '"8039ea20aadd03198934a420e9a8bd2f"'
+
+
+async def test_shipped_folder_serves_the_gan_and_the_vae_with_pinned_etags():
+    settings = Settings(device="cpu", max_wait_ms=0, max_queue_wait_s=0)
+    assert settings.weights_dir == DEFAULT_WEIGHTS_DIR and (DEFAULT_WEIGHTS_DIR / "fashion-classifier.json").is_file()
+    async with running_app(settings) as (app, client):
+        listed = (await client.get("/v1/models")).json()["models"]
+        assert [m["name"] for m in listed] == ["fashion-gan", "fashion-vae"]  # the classifier is not served
+        r = await client.get(README_URL, params={"seed": 7, "label": "Sneaker", "scale": 4})
+        assert r.status_code == 200 and r.headers["etag"] == README_ETAG
+        assert Image.open(io.BytesIO(r.content)).size == (112, 112)
+        assert r.headers["x-labels"] == "7" and r.headers["x-seed"] == "7"
+        again = await client.get(README_URL, params={"seed": 7, "label": "Sneaker", "scale": 4},
+                                 headers={"If-None-Match": README_ETAG})
+        assert again.status_code == 304
+
+
+def test_the_shipped_classifier_cannot_be_served():
+    from app.registry import Registry
+
+    with pytest.raises(ModelLoadError, match="kind 'classifier' cannot be served"):
+        Registry.from_settings(Settings(device="cpu", models=["fashion-classifier"]))
