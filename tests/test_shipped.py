@@ -21,7 +21,7 @@ README_ETAG = '"8039ea20aadd03198934a420e9a8bd2f"'
 async def test_shipped_folder_serves_the_gan_and_the_vae_with_pinned_etags():
     settings = Settings(device="cpu", max_wait_ms=0, max_queue_wait_s=0)
     assert settings.weights_dir == DEFAULT_WEIGHTS_DIR and (DEFAULT_WEIGHTS_DIR / "fashion-classifier.json").is_file()
-    async with running_app(settings) as (app, client):
+    async with running_app(settings) as (_, client):
         listed = (await client.get("/v1/models")).json()["models"]
         assert [m["name"] for m in listed] == ["fashion-gan", "fashion-vae"]  # the classifier is not served
         r = await client.get(README_URL, params={"seed": 7, "label": "Sneaker", "scale": 4})
