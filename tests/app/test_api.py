@@ -440,7 +440,8 @@ async def test_deadline_gives_504_and_rows_are_not_computed(app_factory):
         assert 5 not in rows and sum(rows) == 3  # the 2-row pass and the 1-row pass only
 
 
-def hanging_client(app, path: str, body: bytes) -> tuple[asyncio.Future, asyncio.Event, list[dict]]:
+def hanging_client(app, path: str, body: bytes, method: str = "POST",
+                   query: bytes = b"") -> tuple[asyncio.Future, asyncio.Event, list[dict]]:
     """A raw ASGI call whose client sends ``body`` and hangs up when ``hang_up`` is set."""
     hang_up, sent = asyncio.Event(), []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -454,9 +455,9 @@ def hanging_client(app, path: str, body: bytes) -> tuple[asyncio.Future, asyncio
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
              "scheme": "http", "path": path, "raw_path": path.encode(),
-             "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json"),
+             "query_string": query, "root_path": "", "headers": [(b"content-type", b"application/json"),
              (b"content-length", str(len(body)).encode()), (b"host", b"test")],
              "client": ("127.0.0.1", 1), "server": ("test", 80)}
     return asyncio.ensure_future(app(scope, receive, send)), hang_up, sent
@@ -470,13 +471,23 @@ async def wait_for_queued(batcher, rows: int) -> None:
     assert batcher.queued_rows == rows
 
 
-async def test_disconnected_client_rows_are_dropped(app_factory):
+HANGING_16_ROWS = {  # (method, path, query, body): each asks the GAN for 16 rows
+    "samples (fast path)": ("POST", f"{GAN}/samples", b"", b'{"n": 16, "seed": 5}'),
+    "samples.png": ("GET", f"{GAN}/samples.png", b"n=16&seed=5", b""),
+    "decode": ("POST", f"{GAN}/decode", b"", b'{"latents": [%s]}' % b", ".join([b"[%s]" % b", ".join([b"0.5"] * GAN_LATENT)] * 16)),
+    "interpolate": ("POST", f"{GAN}/interpolate", b"", b'{"start": {"seed": 1}, "end": {"seed": 2}, "steps": 16}'),
+}
+
+
+@pytest.mark.parametrize("route", list(HANGING_16_ROWS))
+async def test_disconnected_client_rows_are_dropped(app_factory, route):
+    method, path, query, body = HANGING_16_ROWS[route]
     async with app_factory() as (app, client):
         release, entered, rows = block_forward(app)
         first = asyncio.ensure_future(client.post(f"{GAN}/samples", json={"n": 1, "seed": 1}))
         await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
         batcher = app.state.service.generators["tiny-gan"]
-        call, hang_up, sent = hanging_client(app, f"{GAN}/samples", b'{"n": 16, "seed": 5}')
+        call, hang_up, sent = hanging_client(app, path, body, method, query)
         await wait_for_queued(batcher, 16)
         hang_up.set()
         await asyncio.wait_for(call, 5)
