@@ -432,14 +432,21 @@ async def test_failed_batch_fails_only_its_jobs(make, caplog):
 
 # -- top-up wait --
 
-async def _top_up_scenario(make, max_wait_s: float) -> FakeModel:
+async def _job_queued_during_a_pass(make, rows: int, **kw):
+    """A worker just back from a 1-row pass (ids 0), with a job of ``rows`` rows (ids from 100)
+    submitted while that pass ran. Returns the batcher, the model, the job and the first result."""
     fake = FakeModel(block=(0,))
-    b = make(fake, max_batch_rows=8, max_wait_s=max_wait_s)
+    b = make(fake, **kw)
     first = b.submit(job_inputs(0, 1), LONG)
     await wait_until(fake.entered.is_set, "the first forward pass")
-    a = b.submit(job_inputs(100, 2), LONG)
+    job = b.submit(job_inputs(100, rows), LONG)
     fake.release()
-    np.testing.assert_array_equal(await b.result(first), expected(0, 1))
+    return b, fake, job, await b.result(first)
+
+
+async def _top_up_scenario(make, max_wait_s: float) -> FakeModel:
+    b, fake, a, first = await _job_queued_during_a_pass(make, 2, max_batch_rows=8, max_wait_s=max_wait_s)
+    np.testing.assert_array_equal(first, expected(0, 1))
     # the worker came straight from a batch and found 2 rows: with max_wait_s it is now waiting
     late = b.submit(job_inputs(200, 3), LONG)
     outs = await asyncio.gather(b.result(a), b.result(late))
@@ -460,13 +467,7 @@ async def test_no_top_up_without_max_wait(make):
 
 
 async def test_top_up_never_exceeds_max_batch_rows(make):
-    fake = FakeModel(block=(0,))
-    b = make(fake, max_batch_rows=4, max_wait_s=0.2)
-    first = b.submit(job_inputs(0, 1), LONG)
-    await wait_until(fake.entered.is_set, "the first forward pass")
-    a = b.submit(job_inputs(100, 3), LONG)
-    fake.release()
-    await b.result(first)
+    b, fake, a, _ = await _job_queued_during_a_pass(make, 3, max_batch_rows=4, max_wait_s=0.2)
     late = b.submit(job_inputs(200, 3), LONG)
     outs = await asyncio.gather(b.result(a), b.result(late))
     np.testing.assert_array_equal(outs[0], expected(100, 3))
@@ -532,13 +533,7 @@ async def test_drain_finishes_queued_jobs(make):
 
 async def _worker_topping_up(make):
     """A worker that has taken a 2-row job off the queue and sleeps max_wait_s to top it up."""
-    fake = FakeModel(block=(0,))
-    b = make(fake, max_batch_rows=8, max_wait_s=0.5)
-    first = b.submit(job_inputs(0, 1), LONG)
-    await wait_until(fake.entered.is_set, "the first forward pass")
-    taken = b.submit(job_inputs(100, 2), LONG)
-    fake.release()
-    await b.result(first)
+    b, fake, taken, _ = await _job_queued_during_a_pass(make, 2, max_batch_rows=8, max_wait_s=0.5)
     await wait_until(lambda: b.queued_rows == 0, "the worker taking the job")
     assert fake.sizes == [1] and not taken.future.done()
     return b, fake, taken
