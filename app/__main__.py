@@ -4,7 +4,6 @@ line naming the file and the cause), then serve with uvicorn."""
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 # OpenMP's default makes torch's idle worker threads spin after every parallel region, taking
@@ -26,10 +25,13 @@ def main() -> int:
     from app.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    import uvicorn
+    if settings.workers > 1:
+        from app.workers import run_workers
 
+        return run_workers(settings)
     from app.main import create_app
     from app.registry import Registry
+    from app.serving import DrainingServer, prepare_process, uvicorn_config
     from models.card import ModelLoadError
 
     try:
@@ -42,25 +44,8 @@ def main() -> int:
     except ValueError as e:  # e.g. an unreadable API keys file
         print(f"latentserve: {e}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, lifespan="on", proxy_headers=False, server_header=False,
-                            root_path=settings.root_path, timeout_graceful_shutdown=settings.drain_timeout_s,
-                            log_config=None)
-
-    class DrainingServer(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: object) -> None:
-            app.state.draining = True  # readiness is 503 from the first moment of a shutdown
-            app.state.metrics.ready.set(0)
-            super().handle_exit(sig, frame)
-
-    server = DrainingServer(config)
-    # The event loop and the forward/PNG threads hand the GIL back and forth on every request;
-    # a 0.5 ms switch interval (default 5 ms) lets a finished pass reach the loop sooner:
-    # -1.5 ms p50 at c=1 and +10% requests/s at c=64 in side-by-side runs (docs/benchmarks.md).
-    sys.setswitchinterval(0.0005)
-    # uvicorn handles SIGTERM (graceful shutdown), then re-raises it to the handler it found when
-    # it started; this no-op one lets a clean drain end with exit status 0, as orchestrators expect.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server = DrainingServer(uvicorn_config(settings, app), lambda: app)
+    prepare_process()
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run()
     if app.state.fatal:

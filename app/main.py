@@ -54,8 +54,14 @@ async def _warm_up(app: FastAPI, registry: Registry, executor: ThreadPoolExecuto
     log.info("ready: %s on %s", ", ".join(registry.models), registry.device)
 
 
-def create_app(settings: Settings | None = None, registry: Registry | None = None) -> FastAPI:
-    """Build the app. ``registry`` is loaded from ``settings`` at startup when not given."""
+def create_app(settings: Settings | None = None, registry: Registry | None = None, *,
+               warm_before_serving: bool = False) -> FastAPI:
+    """Build the app. ``registry`` is loaded from ``settings`` at startup when not given.
+
+    The warm-up runs after start-up, so that the probes answer while it runs, unless
+    ``warm_before_serving``: then start-up waits for it, and fails if it fails. A worker sharing
+    its port with others (app.workers) does that: until start-up ends it takes no connection,
+    so none of the traffic its siblings could serve meets it warming up."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -71,6 +77,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         state.service = service
         warm = asyncio.create_task(_warm_up(app, reg, forward_executor))
         try:
+            if warm_before_serving:
+                await warm
+                if state.fatal:
+                    raise RuntimeError(state.fatal)
             yield
         finally:
             state.draining = True

@@ -1,10 +1,20 @@
-"""Prometheus metrics, one registry per app (so tests can build many apps)."""
+"""Prometheus metrics, one registry per app (so tests can build many apps). With several worker
+processes (``LATENTSERVE_WORKERS``), each writes its values to ``PROMETHEUS_MULTIPROC_DIR`` and
+``/metrics`` on any of them adds up all of them (prometheus-client's multiprocess mode)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4, 5, 10, 30)
 ROW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -19,7 +29,9 @@ class Metrics:
         # by status too: fast 429s under overload would otherwise hide the latency of the 200s
         self.latency = Histogram("latentserve_request_duration_seconds", "HTTP request latency by route and status",
                                  ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue = Gauge("latentserve_queue_rows", "rows waiting for a forward pass", ["model"], registry=r)
+        # across worker processes: rows queued add up; ready only when every live worker is
+        self.queue = Gauge("latentserve_queue_rows", "rows waiting for a forward pass", ["model"], registry=r,
+                           multiprocess_mode="livesum")
         self.batch_rows = Histogram("latentserve_batch_rows", "rows per forward pass", ["model"],
                                     buckets=ROW_BUCKETS, registry=r)
         self.forward = Histogram("latentserve_forward_seconds", "seconds per forward pass", ["model"],
@@ -29,12 +41,22 @@ class Metrics:
                                     ["model", "outcome"], registry=r)
         self.shed = Counter("latentserve_shed_requests_total", "requests refused (429) before parsing: the model's queue was full",
                             ["model"], registry=r)
-        self.ready = Gauge("latentserve_ready", "1 when models are loaded, warmed up and batchers run", registry=r)
+        self.ready = Gauge("latentserve_ready", "1 when models are loaded, warmed up and batchers run", registry=r,
+                           multiprocess_mode="livemin")
+        multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if multiproc_dir:  # every worker's values, read from their files at each scrape
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, path=multiproc_dir)
+        else:
+            self.exposed = self.registry
 
         # labels() validates and locks on every call (~5 us, several times per request on the
         # event loop); the children are looked up once per label set and kept. Every label set
         # is bounded: models, outcomes, route templates, methods and status codes.
         self._children: dict[tuple, Any] = {}
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.exposed)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), *labels)

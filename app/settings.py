@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body (413 beyond)")
     max_upload_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest /encode body, multipart included")
     max_upload_pixels: int = Field(4096 * 4096, ge=28 * 28)
+    workers: int = Field(1, ge=1, le=64, description="worker processes behind one port, each with its own models, "
+                         "batcher and event loop; more than 1 only on a GPU, where one process's event loop is "
+                         "the limit (README: GPU nodes)")
     png_threads: int = Field(2, ge=1, le=64)
     png_compress_level: int = Field(1, ge=0, le=9)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -1,0 +1,219 @@
+"""LATENTSERVE_WORKERS > 1: real worker processes behind one port (app.workers)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.main import create_app
+from app.settings import Settings
+from bench.servers import child_pythonpath
+from tests.test_e2e import start_server, wait_ready
+
+pytestmark = pytest.mark.e2e
+GAN = "/v1/models/tiny-gan"
+
+
+def is_worker(pid: int) -> bool:
+    """A live worker process (an exited one, even unreaped, has no command line)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def workers_of(parent: int) -> list[int]:
+    """Pids of the parent's worker processes (not multiprocessing's resource tracker)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and is_worker(int(entry)):
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def metric(text: str, line: str) -> float:
+    m = re.search(rf"^{re.escape(line)} (\S+)$", text, re.MULTILINE)
+    assert m, f"{line} not in /metrics"
+    return float(m.group(1))
+
+
+def metrics_dir_of(worker: int) -> Path:
+    """The folder where the workers write their metrics (each inherits it from the parent)."""
+    environ = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    return Path(dict(v.split(b"=", 1) for v in environ if b"=" in v)[b"PROMETHEUS_MULTIPROC_DIR"].decode())
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.fixture
+def workers(tiny_weights: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    proc, base = start_server(tiny_weights, LATENTSERVE_WORKERS="2", LATENTSERVE_MAX_WAIT_MS="0")
+    seen: set[int] = set()
+    try:
+        wait_ready(proc, base)
+        wait_for(lambda: len(workers_of(proc.pid)) == 2)
+        # /readyz answers for one worker; the readiness gauge is the least of all live workers
+        wait_for(lambda: metric(httpx.get(f"{base}/metrics", timeout=10).text, "latentserve_ready") == 1)
+        seen.update(workers_of(proc.pid))
+        yield proc, base
+    finally:
+        seen.update(workers_of(proc.pid))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        for pid in seen:  # nothing may outlive the test, whatever it did
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def post_many(base: str, count: int) -> list[int]:
+    def one(i: int) -> int:
+        with httpx.Client(base_url=base, timeout=30) as c:
+            return c.post(f"{GAN}/samples", json={"seed": i, "labels": 1}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_workers_share_one_port_count_metrics_together_and_drain_on_sigterm(workers):
+    proc, base = workers
+    pids = workers_of(proc.pid)
+    metrics_dir = metrics_dir_of(pids[0])
+    assert metrics_dir.is_dir() and metrics_dir_of(pids[1]) == metrics_dir
+    assert post_many(base, 40) == [200] * 40
+    # whichever worker answers /metrics, it counts the requests and rows of both
+    for _ in range(4):
+        text = httpx.get(f"{base}/metrics", timeout=10).text
+        assert metric(text, 'latentserve_requests_total{method="POST",route="/v1/models/{model}/samples",status="200"}') == 40
+        assert metric(text, 'latentserve_batch_rows_sum{model="tiny-gan"}') == 40
+        assert metric(text, "latentserve_ready") == 1
+        assert metric(text, 'latentserve_queue_rows{model="tiny-gan"}') == 0
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.stdout.read()
+    assert workers_of(proc.pid) == [] and not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not metrics_dir.exists()  # the metrics files go with the service
+
+
+def test_a_dead_worker_is_replaced_and_the_others_keep_serving(workers):
+    proc, base = workers
+    first, second = workers_of(proc.pid)
+    metrics_dir = metrics_dir_of(second)
+    assert f"gauge_livemin_{first}.db" in {p.name for p in metrics_dir.iterdir()}  # its readiness
+    os.kill(first, signal.SIGKILL)
+    assert post_many(base, 20) == [200] * 20  # the port is shared: the live worker takes them all
+    wait_for(lambda: len(workers_of(proc.pid)) == 2 and first not in workers_of(proc.pid))
+    assert second in workers_of(proc.pid)
+    replacement = next(pid for pid in workers_of(proc.pid) if pid != second)
+    # the replacement warms up before it takes connections, and then counts in the readiness
+    wait_for(lambda: (metrics_dir / f"gauge_livemin_{replacement}.db").exists())
+    wait_for(lambda: metric(httpx.get(f"{base}/metrics", timeout=10).text, "latentserve_ready") == 1)
+    assert post_many(base, 20) == [200] * 20
+    # the dead worker's live gauges (ready, queue) no longer count
+    assert not [p for p in metrics_dir.iterdir() if p.name.startswith("gauge_live") and p.name.endswith(f"_{first}.db")]
+    assert proc.poll() is None
+
+
+def test_workers_exit_when_the_supervisor_is_killed(workers):
+    proc, base = workers
+    pids = workers_of(proc.pid)
+    proc.kill()  # SIGKILL: no chance to stop its workers
+    proc.wait(10)
+    # orphaned, each worker sees its pipe to the supervisor close, drains and exits
+    wait_for(lambda: not any(is_worker(pid) for pid in pids), timeout=30)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{base}/healthz", timeout=2)  # nobody holds the port any more
+
+
+def test_workers_refuse_bad_weights_in_one_line_before_starting_any(tmp_path: Path):
+    proc, _ = start_server(tmp_path / "missing", LATENTSERVE_WORKERS="2")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "latentserve: cannot load models:" in out and "weights directory not found" in out
+    assert "Traceback" not in out and "Started parent process" not in out
+
+
+def test_workers_stop_when_a_worker_cannot_warm_up(tiny_weights: Path, tmp_path: Path):
+    # the parent's check loads the models but does not warm them up: break the warm-up alone,
+    # in every process started with this PYTHONPATH, so that only the workers meet it
+    (tmp_path / "sitecustomize.py").write_text(
+        "import app.registry\n"
+        "def broken(self):\n"
+        "    raise RuntimeError('injected warm-up failure')\n"
+        "app.registry.Registry.warm_up = broken\n")
+    proc, _ = start_server(tiny_weights, LATENTSERVE_WORKERS="2", LATENTSERVE_LOG_LEVEL="info",
+                           PYTHONPATH=f"{tmp_path}{os.pathsep}{child_pythonpath()}")
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 1, out
+    assert "injected warm-up failure" in out
+    assert "a worker failed to start (its log says why); all workers stopped" in out
+    assert out.count("Started server process") <= 2  # not restarted over and over
+
+
+async def test_warm_before_serving_fails_start_up_when_warm_up_fails(tiny_weights: Path, monkeypatch):
+    from app.registry import Registry
+
+    def broken_warm_up(self):
+        raise RuntimeError("mat1 and mat2 must have the same dtype")
+
+    monkeypatch.setattr(Registry, "warm_up", broken_warm_up)
+    app = create_app(Settings(weights_dir=tiny_weights), warm_before_serving=True)
+    with pytest.raises(RuntimeError, match="warm-up failed: RuntimeError"):
+        async with app.router.lifespan_context(app):
+            pass  # pragma: no cover - start-up must not succeed
+    assert not app.state.ready
+
+
+async def test_warm_before_serving_is_ready_when_start_up_ends(tiny_weights: Path):
+    app = create_app(Settings(weights_dir=tiny_weights), warm_before_serving=True)
+    async with app.router.lifespan_context(app):
+        assert app.state.ready  # no wait: start-up ended only once the warm-up had
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            assert (await c.get("/readyz")).status_code == 200
+
+
+def test_each_worker_runs_the_draining_server(tiny_weights: Path, monkeypatch):
+    import app.workers as w
+    from app.serving import DrainingServer, uvicorn_config
+
+    settings = Settings(weights_dir=tiny_weights)
+    process = w.WorkerProcess(uvicorn_config(settings, "app.workers:worker_app", factory=True, workers=2), [])
+    try:
+        assert isinstance(process.server, DrainingServer)
+        app = create_app(settings)
+        monkeypatch.setattr(w, "_app", app)
+        app.state.metrics.ready.set(1)
+        process.server.handle_exit(signal.SIGTERM, None)
+        assert app.state.draining and process.server.should_exit  # readiness off at the first signal
+        assert "latentserve_ready 0.0" in app.state.metrics.exposition().decode()
+    finally:
+        process.parent_conn.close()
+        process.child_conn.close()
