@@ -5,21 +5,22 @@
 #   2. python -m bench.run: the in-process limit (batches 1 to 1024) and latentserve with and
 #      without batching at c=1, c=64, c=256 and c=16 x n=16, MAX_BATCH_ROWS=256;
 #   3. python -m bench.replicas: 1, 2, 4 and 8 latentserve processes sharing the GPU at a total c=256;
-#   4. the service's API tests with LATENTSERVE_DEVICE=cuda (tests that build their settings from
+#   4. python -m bench.replicas --workers: one server with LATENTSERVE_WORKERS=1, 4 and 8 at c=256;
+#   5. the service's API tests with LATENTSERVE_DEVICE=cuda (tests that build their settings from
 #      the environment then run on the GPU).
 # Everything lands in $OUT (default: ./gpu-out). What the machine lacks travels with the tree:
 #   .whl/   wheels (fastapi, uvicorn, pydantic, ...; `bash bench/gpu-prepare.sh` fills .whl/ and .tools/),
 #           installed with --no-deps into /tmp/site; wheels/ is used the same way when .whl/ is absent
 #   .tools/ wrk: a wrapper script .tools/wrk running .tools/wrk.bin with the libraries it links
 #           in .tools/lib (libluajit, libssl, libcrypto; copied from a Debian host with wrk)
-# `bash bench/gpu.sh check,run,replicas,tests` (the default) names the steps to run.
+# `bash bench/gpu.sh check,run,replicas,workers,tests` (the default) names the steps to run.
 # GPU_SH_DEVICE=cpu runs the same steps on a CPU (a dry run of the script, not GPU figures).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 DEVICE="${GPU_SH_DEVICE:-cuda}"
-STEPS=",${1:-check,run,replicas,tests},"
+STEPS=",${1:-check,run,replicas,workers,tests},"
 export PYTHONUNBUFFERED=1
 
 for dir in .whl wheels; do
@@ -62,13 +63,19 @@ timeout 240 python3 -m bench.replicas --device "$DEVICE" --replicas 1,2,4,8 --co
     --out-json "$OUT/gpu-replicas.json" 2>&1 | tee "$OUT/gpu-replicas.log" || status=1
 fi
 
+if [[ $STEPS == *,workers,* ]]; then
+echo "== bench.replicas --workers"
+timeout 200 python3 -m bench.replicas --device "$DEVICE" --workers --replicas 1,4,8 --concurrency 256 \
+    --out-json "$OUT/gpu-workers.json" 2>&1 | tee "$OUT/gpu-workers.log" || status=1
+fi
+
 if [[ $STEPS == *,tests,* ]]; then
 # tests whose settings come from the environment serve on the GPU, in process and as real
 # uvicorn processes; the tests of CPU-only behaviour (NHWC layout) pin device=cpu themselves
 echo "== API tests on $DEVICE"
 LATENTSERVE_DEVICE="$DEVICE" timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE \
     tests/app/test_api.py tests/app/test_batching.py tests/app/test_registry.py tests/app/test_fastpath.py \
-    tests/test_e2e.py tests/test_drain.py > "$OUT/gpu-tests.log" 2>&1 || status=1
+    tests/test_e2e.py tests/test_drain.py tests/test_workers.py > "$OUT/gpu-tests.log" 2>&1 || status=1
 tail -n 40 "$OUT/gpu-tests.log"
 fi
 exit $status
