@@ -90,6 +90,14 @@ class Supervisor(multiprocess.Multiprocess):
         super().__init__(config, sockets)
         self.metrics_dir = metrics_dir
 
+    def terminate_all(self) -> None:
+        super().terminate_all()
+        # The workers stop accepting as they drain; the supervisor's own copy of the listening
+        # socket would keep the port listening, so that new connections waited in its backlog
+        # for the whole drain and were then reset. Closed, they are refused at once.
+        for sock in self.sockets:
+            sock.close()
+
     def keep_subprocess_alive(self) -> None:
         before = {p.pid for p in self.processes}
         super().keep_subprocess_alive()

@@ -253,7 +253,7 @@ def disconnect(args: argparse.Namespace) -> dict:
 def drain(args: argparse.Namespace) -> dict:
     cycles = []
     for cycle in range(args.cycles):
-        server = start({"DRAIN_TIMEOUT_S": "25"})
+        server = start({"DRAIN_TIMEOUT_S": "25", "WORKERS": str(args.workers)})
         outcomes: Counter[str] = Counter()
         bad: list[str] = []
         stop, lock, termed = threading.Event(), threading.Lock(), threading.Event()
@@ -295,7 +295,7 @@ def drain(args: argparse.Namespace) -> dict:
                        "ok_before_sigterm": before, "outcomes": dict(outcomes), "problems": bad[:5],
                        "cut_off": outcomes["cut_off"]})
         print(json.dumps(cycles[-1]), flush=True)
-    return {"clients": args.clients, "load_s_before_sigterm": args.load_s, "cycles": cycles,
+    return {"clients": args.clients, "workers": args.workers, "load_s_before_sigterm": args.load_s, "cycles": cycles,
             "requests": sum(sum(c["outcomes"].values()) for c in cycles),
             "cut_off": sum(c["cut_off"] for c in cycles), "problems": sum(len(c["problems"]) for c in cycles),
             "all_exit_0": all(c["exit_status"] == 0 for c in cycles)}
@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pause-s", type=float, default=0.5, help="disconnect: pause between bursts")
     ap.add_argument("--cycles", type=int, default=5, help="drain: start, load, SIGTERM cycles")
     ap.add_argument("--load-s", type=float, default=10.0, help="drain: seconds of load before each SIGTERM")
+    ap.add_argument("--workers", type=int, default=1, help="drain: LATENTSERVE_WORKERS of the server (default 1)")
     ap.add_argument("--requests", type=int, default=100_000, help="soak: requests in all")
     ap.add_argument("--chunk-s", type=float, default=30.0, help="soak: seconds per wrk run between samples")
     ap.add_argument("--out", type=Path, default=None)

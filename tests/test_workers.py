@@ -217,3 +217,22 @@ def test_each_worker_runs_the_draining_server(tiny_weights: Path, monkeypatch):
     finally:
         process.parent_conn.close()
         process.child_conn.close()
+
+
+def test_the_supervisor_closes_its_listening_socket_when_it_stops_the_workers(tiny_weights: Path, tmp_path: Path,
+                                                                              monkeypatch):
+    import socket as socketlib
+
+    import app.workers as w
+    from app.serving import uvicorn_config
+
+    monkeypatch.setattr(w.multiprocess.signal, "signal", lambda *a: None)  # keep pytest's handlers
+    sock = socketlib.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    config = uvicorn_config(Settings(weights_dir=tiny_weights), "app.workers:worker_app", factory=True, workers=2)
+    supervisor = w.Supervisor(config, [sock], str(tmp_path))
+    supervisor.terminate_all()  # (no workers started here)
+    # the workers close theirs as they drain: with this one closed too, new clients are refused
+    # at once instead of waiting in the backlog for the whole drain
+    assert sock.fileno() == -1
