@@ -3,6 +3,7 @@ line naming the file and the cause), then serve with uvicorn."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -15,6 +16,10 @@ from pydantic import ValidationError
 
 
 def main() -> int:
+    # prometheus-client switches to its multiprocess mode when this is set, and would read the
+    # files that earlier processes left there; WORKERS > 1 sets its own, fresh, for its workers
+    inherited = [os.environ.pop(name, None) for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")]
+    inherited_metrics_dir = next((d for d in inherited if d), None)
     from app.settings import Settings, describe_errors
 
     try:
@@ -25,6 +30,10 @@ def main() -> int:
     from app.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    if inherited_metrics_dir:
+        logging.getLogger("latentserve").warning(
+            "PROMETHEUS_MULTIPROC_DIR=%s ignored: latentserve keeps its own metrics folder when it runs "
+            "several workers (LATENTSERVE_WORKERS)", inherited_metrics_dir)
     if settings.workers > 1:
         from app.workers import run_workers
 

@@ -50,7 +50,7 @@ async def _warm_up(app: FastAPI, registry: Registry, executor: ThreadPoolExecuto
     gc.collect()
     gc.freeze()
     state.ready = True
-    state.metrics.ready.set(1)
+    state.metrics.set_ready(True)
     log.info("ready: %s on %s", ", ".join(registry.models), registry.device)
 
 
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         finally:
             state.draining = True
             state.ready = False
-            metrics.ready.set(0)
+            metrics.set_ready(False)
             warm.cancel()
             await asyncio.gather(*(b.drain(settings.drain_timeout_s) for b in service.batchers))
             forward_executor.shutdown(wait=True)

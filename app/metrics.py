@@ -29,7 +29,9 @@ class Metrics:
         # by status too: fast 429s under overload would otherwise hide the latency of the 200s
         self.latency = Histogram("latentserve_request_duration_seconds", "HTTP request latency by route and status",
                                  ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=r)
-        # across worker processes: rows queued add up; ready only when every live worker is
+        # across worker processes (LATENTSERVE_WORKERS): rows queued add up; the service is ready
+        # while any live worker is (a worker takes connections only once warm, and stops taking
+        # them when it drains), and how many are ready is a gauge of its own
         self.queue = Gauge("latentserve_queue_rows", "rows waiting for a forward pass", ["model"], registry=r,
                            multiprocess_mode="livesum")
         self.batch_rows = Histogram("latentserve_batch_rows", "rows per forward pass", ["model"],
@@ -42,7 +44,9 @@ class Metrics:
         self.shed = Counter("latentserve_shed_requests_total", "requests refused (429) before parsing: the model's queue was full",
                             ["model"], registry=r)
         self.ready = Gauge("latentserve_ready", "1 when models are loaded, warmed up and batchers run", registry=r,
-                           multiprocess_mode="livemin")
+                           multiprocess_mode="livemax")
+        self.workers_ready = Gauge("latentserve_workers_ready", "worker processes that are ready (LATENTSERVE_WORKERS)",
+                                   registry=r, multiprocess_mode="livesum")
         multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if multiproc_dir:  # every worker's values, read from their files at each scrape
             self.exposed = CollectorRegistry()
@@ -54,6 +58,10 @@ class Metrics:
         # event loop); the children are looked up once per label set and kept. Every label set
         # is bounded: models, outcomes, route templates, methods and status codes.
         self._children: dict[tuple, Any] = {}
+
+    def set_ready(self, ready: bool) -> None:
+        self.ready.set(int(ready))
+        self.workers_ready.set(int(ready))
 
     def exposition(self) -> bytes:
         return generate_latest(self.exposed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,12 +27,17 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, get_app: Callable[[], Any]):
         super().__init__(config)
         self._get_app = get_app  # a worker's app exists only once uvicorn has called its factory
+        self.last_tick = time.monotonic()  # the event loop's heartbeat (app.workers watches it)
+
+    async def on_tick(self, counter: int) -> bool:  # uvicorn calls it every 0.1 s from the event loop
+        self.last_tick = time.monotonic()
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: object) -> None:
         app = self._get_app()
         if app is not None:
             app.state.draining = True
-            app.state.metrics.ready.set(0)
+            app.state.metrics.set_ready(False)
         super().handle_exit(sig, frame)
 
 

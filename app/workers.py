@@ -4,32 +4,43 @@ One process answers HTTP on one core: on a GPU that core, not the GPU, bounds it
 single-image requests/s on an H200, whose pass could make 330,000 images/s; docs/benchmarks.md,
 GPU). So a GPU host runs several. uvicorn's supervisor binds the port once, spawns the workers
 (each loads the models onto the device, warms up and batches its own share of the traffic),
-restarts a worker that dies, and on SIGTERM has every worker drain as a single process would.
+restarts a worker that dies, replaces them one by one on SIGHUP, and on SIGTERM has every worker
+drain as a single process would.
 
 What this module adds to uvicorn's supervisor:
-- the parent checks the models and settings first (on the CPU), so a bad weights file is one
-  line and exit status 1, not a traceback from every worker in turn;
+- the models and settings are checked first, on the CPU, in a short-lived process (the
+  supervisor itself never imports torch), so a bad weights file is one line and exit status 1,
+  not a traceback from every worker in turn;
 - each worker runs the same server as a single process (readiness off at the first signal,
-  the GIL switch interval, a clean exit status after a drain), and drains and exits when the
-  supervisor dies (uvicorn's workers would otherwise live on, orphaned, holding the port);
+  the GIL switch interval, a clean exit status after a drain);
 - a worker warms up before it takes connections (the port is shared: a request must never meet
-  a worker still warming up, also after a restart), and a worker whose load or warm-up fails
-  stops them all (uvicorn's start-up failure status) instead of being restarted forever;
-- metrics: every worker writes to one ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary folder),
-  so ``/metrics`` from any worker counts all of them; a worker that ends, or dies, is marked
-  dead so that its gauges stop counting.
+  a worker still warming up, also after a restart), and the supervisor gives it the time to
+  (uvicorn allows 5 s for a SIGHUP replacement); a worker whose load or warm-up fails stops them
+  all (uvicorn's start-up failure status, then exit 1, as a single process exits) instead of
+  being restarted in a loop;
+- a worker whose event loop stops turning (blocked for HANG_S) stops answering the supervisor's
+  pings, so it is killed and replaced (uvicorn's pings are answered by a thread of their own,
+  whatever the loop does); a worker whose supervisor dies drains and exits (uvicorn's would live
+  on, orphaned, holding the port);
+- metrics: every worker writes to a fresh ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` from any
+  of them counts all of them; the gauges of workers that ended or died stop counting; the folder
+  goes at exit, and folders left by a supervisor that was killed go at the next start.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
+import multiprocessing
 import os
+import re
 import shutil
 import sys
 import tempfile
 import threading
+import time
+from pathlib import Path
 from socket import socket
+from threading import Event
 from typing import Any
 
 from prometheus_client import multiprocess as prom_multiprocess
@@ -40,6 +51,11 @@ from app.serving import DrainingServer, prepare_process, uvicorn_config
 from app.settings import Settings
 
 log = logging.getLogger("latentserve")
+
+HANG_S = 10.0  # an event loop that has not ticked for this long is hung
+START_S = 300.0  # longest a SIGHUP replacement may take to load and warm up
+METRICS_DIR_PREFIX = "latentserve-metrics-"
+LIVE_GAUGE_RE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
 # in a worker: its app, built by uvicorn from worker_app
 _app: Any = None
@@ -65,11 +81,24 @@ class WorkerProcess(multiprocess.Process):
             self._server = DrainingServer(self.config, lambda: _app)
         return self._server
 
+    def pong(self) -> None:
+        """Answer the supervisor's ping, unless the event loop is hung: then stay silent, and the
+        supervisor kills this worker and starts another. Loading and warming up (before the loop
+        ticks) and draining (after it stops) are not hangs."""
+        self.child_conn.recv()
+        server = self.server
+        if server.started and not server.should_exit and time.monotonic() - server.last_tick > HANG_S:
+            return
+        self.child_conn.send(server.started)
+
     def always_pong(self) -> None:
         try:
             super().always_pong()
         except (EOFError, OSError):  # the supervisor is gone (killed, say by the OOM killer):
             self.server.should_exit = True  # drain and exit rather than serve on, orphaned, on its port
+
+    def wait_until_ready(self, timeout: float, should_exit: Event | None = None) -> bool:
+        return super().wait_until_ready(max(timeout, START_S), should_exit)
 
     def target(self, sockets: list[socket] | None = None) -> None:  # pragma: no cover - runs in a worker
         prepare_process()
@@ -99,22 +128,30 @@ class Supervisor(multiprocess.Multiprocess):
             sock.close()
 
     def keep_subprocess_alive(self) -> None:
-        before = {p.pid for p in self.processes}
         super().keep_subprocess_alive()
-        for pid in before - {p.pid for p in self.processes}:
-            if pid is not None:  # died without a word: its live gauges must not count any more
-                prom_multiprocess.mark_process_dead(pid, self.metrics_dir)
+        self.drop_dead_gauges()
+
+    def drop_dead_gauges(self) -> None:
+        """The live gauges (readiness, queue) of processes that are no longer workers, whether they
+        died, were killed as hung, or were a SIGHUP replacement that never became ready."""
+        current = {p.pid for p in self.processes}
+        for name in os.listdir(self.metrics_dir):
+            m = LIVE_GAUGE_RE.match(name)
+            if m and int(m.group(1)) not in current:
+                prom_multiprocess.mark_process_dead(int(m.group(1)), self.metrics_dir)
 
 
 def check_models(settings: Settings) -> int:
     """Load the models once on the CPU and build the app: what would fail in every worker fails
     here, with one line. Returns an exit status, 0 when all is well."""
+    from app.logs import configure_logging
     from app.main import create_app
     from app.registry import Registry, resolve_device
     from models.card import ModelLoadError
 
+    configure_logging(settings.log_level, settings.log_format)
     try:
-        resolve_device(settings.device)  # no CUDA context in the parent: the workers are spawned
+        resolve_device(settings.device)  # creates no CUDA context
         registry = Registry.from_settings(settings.model_copy(update={"device": "cpu", "dtype": "float32"}))
     except ModelLoadError as e:
         print(f"latentserve: cannot load models: {e}", file=sys.stderr)
@@ -124,16 +161,36 @@ def check_models(settings: Settings) -> int:
     except ValueError as e:  # e.g. an unreadable API keys file
         print(f"latentserve: {e}", file=sys.stderr)
         return 2
-    del registry
-    gc.collect()
     return 0
 
 
+def _check_models_and_exit(settings: Settings) -> None:  # pragma: no cover - runs in a child
+    raise SystemExit(check_models(settings))
+
+
+def remove_stale_metrics_dirs(parent: Path) -> None:
+    """Folders of supervisors that were killed (SIGKILL leaves no chance to remove them)."""
+    for folder in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = folder.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)  # that supervisor still runs
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def run_workers(settings: Settings) -> int:
-    status = check_models(settings)
-    if status:
-        return status
-    metrics_dir = tempfile.mkdtemp(prefix="latentserve-metrics-")
+    # in a spawned child: the supervisor stays small (no torch) for as long as the service runs
+    checker = multiprocessing.get_context("spawn").Process(target=_check_models_and_exit, args=(settings,))
+    checker.start()
+    checker.join()
+    if checker.exitcode:
+        return checker.exitcode if checker.exitcode in (1, 2) else 1
+    remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by every worker
     config = uvicorn_config(settings, "app.workers:worker_app", factory=True, workers=settings.workers)
     # uvicorn's supervisor makes every worker (first start, restarts, SIGHUP, SIGTTIN) from this name
@@ -148,6 +205,6 @@ def run_workers(settings: Settings) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     codes = [p.exitcode for p in supervisor.processes]
     if STARTUP_FAILURE in codes:
-        print("latentserve: a worker failed to start (its log says why); all workers stopped", file=sys.stderr)
+        log.error("a worker failed to start (its log says why); all workers stopped")
         return 1
     return 0 if all(code == 0 for code in codes) else 1

@@ -54,8 +54,8 @@ def measure(k: int, args: argparse.Namespace, wrk: str, log_dir: Path) -> dict:
             s.start()
         for s in group:
             s.wait_ready()
-            if args.workers:  # /readyz answers for one worker; the gauge is the least of them all
-                wait_all_workers_ready(s)
+            if args.workers:  # /readyz answers for one worker; this gauge counts them
+                wait_all_workers_ready(s, k)
         memory = gpu_memory_mib()
         with ThreadPoolExecutor(len(group)) as pool:
             def wave(seconds: float, seed: int) -> list[dict]:
@@ -105,11 +105,11 @@ def worker_pids(server: servers.Server) -> list[int]:
     return pids
 
 
-def wait_all_workers_ready(server: servers.Server, timeout_s: float = 180.0) -> None:
+def wait_all_workers_ready(server: servers.Server, workers: int, timeout_s: float = 180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _, _, body = servers.http("GET", server.base + "/metrics")
-        if b"\nlatentserve_ready 1.0\n" in body:
+        if f"\nlatentserve_workers_ready {workers}.0\n".encode() in body:
             return
         time.sleep(0.2)
     raise RuntimeError(f"{server.spec.name}: not every worker was ready after {timeout_s:.0f} s:\n{server.log_tail()}")

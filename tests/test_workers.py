@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -67,15 +69,46 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
     raise AssertionError("timed out")
 
 
-@pytest.fixture
-def workers(tiny_weights: Path) -> Iterator[tuple[subprocess.Popen, str]]:
-    proc, base = start_server(tiny_weights, LATENTSERVE_WORKERS="2", LATENTSERVE_MAX_WAIT_MS="0")
+def scrape(base: str) -> str:
+    return httpx.get(f"{base}/metrics", timeout=10).text
+
+
+def workers_ready(base: str) -> float:
+    return metric(scrape(base), "latentserve_workers_ready")
+
+
+def patch_workers(folder: Path, patch: str) -> str:
+    """A PYTHONPATH whose sitecustomize runs ``patch`` (Python, with ``registry`` the module) in
+    each process once it imports app.registry: the workers (the supervisor never imports it).
+    Lazy, so that no process imports torch any sooner than it would."""
+    (folder / "sitecustomize.py").write_text(
+        "import importlib.abc, importlib.util, sys\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name != 'app.registry':\n"
+        "            return None\n"
+        "        sys.meta_path.remove(self)\n"
+        "        spec = importlib.util.find_spec(name)\n"
+        "        run = spec.loader.exec_module\n"
+        "        def exec_module(registry):\n"
+        "            run(registry)\n"
+        + "".join(f"            {line}\n" for line in patch.splitlines()) +
+        "        spec.loader.exec_module = exec_module\n"
+        "        return spec\n"
+        "sys.meta_path.insert(0, Hook())\n")
+    return f"{folder}{os.pathsep}{child_pythonpath()}"
+
+
+@contextlib.contextmanager
+def serving(weights: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A 2-worker server, both workers ready; nothing of it outlives the block."""
+    proc, base = start_server(weights, LATENTSERVE_WORKERS="2", LATENTSERVE_MAX_WAIT_MS="0", **env)
     seen: set[int] = set()
     try:
         wait_ready(proc, base)
         wait_for(lambda: len(workers_of(proc.pid)) == 2)
-        # /readyz answers for one worker; the readiness gauge is the least of all live workers
-        wait_for(lambda: metric(httpx.get(f"{base}/metrics", timeout=10).text, "latentserve_ready") == 1)
+        # /readyz answers for the one worker that takes it; this gauge counts them all
+        wait_for(lambda: workers_ready(base) == 2)
         seen.update(workers_of(proc.pid))
         yield proc, base
     finally:
@@ -94,6 +127,12 @@ def workers(tiny_weights: Path) -> Iterator[tuple[subprocess.Popen, str]]:
                 pass
 
 
+@pytest.fixture
+def workers(tiny_weights: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    with serving(tiny_weights) as running:
+        yield running
+
+
 def post_many(base: str, count: int) -> list[int]:
     def one(i: int) -> int:
         with httpx.Client(base_url=base, timeout=30) as c:
@@ -109,13 +148,20 @@ def test_workers_share_one_port_count_metrics_together_and_drain_on_sigterm(work
     metrics_dir = metrics_dir_of(pids[0])
     assert metrics_dir.is_dir() and metrics_dir_of(pids[1]) == metrics_dir
     assert post_many(base, 40) == [200] * 40
-    # whichever worker answers /metrics, it counts the requests and rows of both
+    # whichever worker answers /metrics, it counts the requests and rows of both (a request is
+    # counted just after its answer is sent: wait for the last one)
+    ok = 'latentserve_requests_total{method="POST",route="/v1/models/{model}/samples",status="200"}'
+    wait_for(lambda: metric(scrape(base), ok) == 40, timeout=10)
     for _ in range(4):
-        text = httpx.get(f"{base}/metrics", timeout=10).text
-        assert metric(text, 'latentserve_requests_total{method="POST",route="/v1/models/{model}/samples",status="200"}') == 40
+        text = scrape(base)
+        assert metric(text, ok) == 40
         assert metric(text, 'latentserve_batch_rows_sum{model="tiny-gan"}') == 40
         assert metric(text, "latentserve_ready") == 1
+        assert metric(text, "latentserve_workers_ready") == 2
         assert metric(text, 'latentserve_queue_rows{model="tiny-gan"}') == 0
+    # the supervisor never loads torch: it stays small for as long as the service runs
+    rss_mib = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text()).group(1)) / 1024
+    assert rss_mib < 120, rss_mib
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, proc.stdout.read()
     assert workers_of(proc.pid) == [] and not any(Path(f"/proc/{pid}").exists() for pid in pids)
@@ -126,15 +172,16 @@ def test_a_dead_worker_is_replaced_and_the_others_keep_serving(workers):
     proc, base = workers
     first, second = workers_of(proc.pid)
     metrics_dir = metrics_dir_of(second)
-    assert f"gauge_livemin_{first}.db" in {p.name for p in metrics_dir.iterdir()}  # its readiness
+    assert f"gauge_livemax_{first}.db" in {p.name for p in metrics_dir.iterdir()}  # its readiness
     os.kill(first, signal.SIGKILL)
     assert post_many(base, 20) == [200] * 20  # the port is shared: the live worker takes them all
     wait_for(lambda: len(workers_of(proc.pid)) == 2 and first not in workers_of(proc.pid))
     assert second in workers_of(proc.pid)
     replacement = next(pid for pid in workers_of(proc.pid) if pid != second)
-    # the replacement warms up before it takes connections, and then counts in the readiness
-    wait_for(lambda: (metrics_dir / f"gauge_livemin_{replacement}.db").exists())
-    wait_for(lambda: metric(httpx.get(f"{base}/metrics", timeout=10).text, "latentserve_ready") == 1)
+    assert metric(scrape(base), "latentserve_ready") == 1  # the other one is
+    # the replacement warms up before it takes connections, and then counts as ready
+    wait_for(lambda: workers_ready(base) == 2)
+    assert (metrics_dir / f"gauge_livemax_{replacement}.db").exists()
     assert post_many(base, 20) == [200] * 20
     # the dead worker's live gauges (ready, queue) no longer count
     assert not [p for p in metrics_dir.iterdir() if p.name.startswith("gauge_live") and p.name.endswith(f"_{first}.db")]
@@ -144,12 +191,15 @@ def test_a_dead_worker_is_replaced_and_the_others_keep_serving(workers):
 def test_workers_exit_when_the_supervisor_is_killed(workers):
     proc, base = workers
     pids = workers_of(proc.pid)
+    metrics_dir = metrics_dir_of(pids[0])
     proc.kill()  # SIGKILL: no chance to stop its workers
     proc.wait(10)
     # orphaned, each worker sees its pipe to the supervisor close, drains and exits
     wait_for(lambda: not any(is_worker(pid) for pid in pids), timeout=30)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{base}/healthz", timeout=2)  # nobody holds the port any more
+    assert metrics_dir.is_dir()  # left behind: the next start removes it (below)
+    shutil.rmtree(metrics_dir)
 
 
 def test_workers_refuse_bad_weights_in_one_line_before_starting_any(tmp_path: Path):
@@ -161,15 +211,11 @@ def test_workers_refuse_bad_weights_in_one_line_before_starting_any(tmp_path: Pa
 
 
 def test_workers_stop_when_a_worker_cannot_warm_up(tiny_weights: Path, tmp_path: Path):
-    # the parent's check loads the models but does not warm them up: break the warm-up alone,
-    # in every process started with this PYTHONPATH, so that only the workers meet it
-    (tmp_path / "sitecustomize.py").write_text(
-        "import app.registry\n"
-        "def broken(self):\n"
-        "    raise RuntimeError('injected warm-up failure')\n"
-        "app.registry.Registry.warm_up = broken\n")
-    proc, _ = start_server(tiny_weights, LATENTSERVE_WORKERS="2", LATENTSERVE_LOG_LEVEL="info",
-                           PYTHONPATH=f"{tmp_path}{os.pathsep}{child_pythonpath()}")
+    # the check loads the models but does not warm them up: only the workers meet this
+    path = patch_workers(tmp_path, "def broken(self):\n"
+                                   "    raise RuntimeError('injected warm-up failure')\n"
+                                   "registry.Registry.warm_up = broken")
+    proc, _ = start_server(tiny_weights, LATENTSERVE_WORKERS="2", PYTHONPATH=path)
     out, _ = proc.communicate(timeout=90)
     assert proc.returncode == 1, out
     assert "injected warm-up failure" in out
@@ -210,10 +256,11 @@ def test_each_worker_runs_the_draining_server(tiny_weights: Path, monkeypatch):
         assert isinstance(process.server, DrainingServer)
         app = create_app(settings)
         monkeypatch.setattr(w, "_app", app)
-        app.state.metrics.ready.set(1)
+        app.state.metrics.set_ready(True)
         process.server.handle_exit(signal.SIGTERM, None)
         assert app.state.draining and process.server.should_exit  # readiness off at the first signal
-        assert "latentserve_ready 0.0" in app.state.metrics.exposition().decode()
+        text = app.state.metrics.exposition().decode()
+        assert "latentserve_ready 0.0" in text and "latentserve_workers_ready 0.0" in text
     finally:
         process.parent_conn.close()
         process.child_conn.close()
@@ -236,3 +283,57 @@ def test_the_supervisor_closes_its_listening_socket_when_it_stops_the_workers(ti
     # the workers close theirs as they drain: with this one closed too, new clients are refused
     # at once instead of waiting in the backlog for the whole drain
     assert sock.fileno() == -1
+
+
+def test_sighup_replaces_every_worker_even_one_slower_to_warm_up_than_uvicorn_waits(tiny_weights: Path, tmp_path: Path):
+    # uvicorn gives a SIGHUP replacement 5 s to be ready, and a worker is ready only once warm
+    path = patch_workers(tmp_path, "import time\n"
+                                   "warm_up = registry.Registry.warm_up\n"
+                                   "def slow(self):\n"
+                                   "    time.sleep(6)\n"
+                                   "    warm_up(self)\n"
+                                   "registry.Registry.warm_up = slow")
+    with serving(tiny_weights, PYTHONPATH=path) as (proc, base):
+        old = set(workers_of(proc.pid))
+        metrics_dir = metrics_dir_of(min(old))
+        proc.send_signal(signal.SIGHUP)
+        statuses: list[int] = []
+        deadline = time.monotonic() + 60
+        while (set(workers_of(proc.pid)) & old) and time.monotonic() < deadline:
+            statuses += post_many(base, 8)  # served throughout, one worker at a time replaced
+        assert not set(workers_of(proc.pid)) & old, "the old workers were not all replaced"
+        assert statuses and set(statuses) == {200}
+        wait_for(lambda: len(workers_of(proc.pid)) == 2 and workers_ready(base) == 2)
+        live = {p.name for p in metrics_dir.iterdir() if p.name.startswith("gauge_live")}
+        assert {n.rsplit("_", 1)[1] for n in live} == {f"{pid}.db" for pid in workers_of(proc.pid)}
+        assert proc.poll() is None
+
+
+def test_a_worker_whose_event_loop_hangs_is_replaced(tiny_weights: Path, tmp_path: Path):
+    # SIGUSR1 blocks a worker's event loop (Python runs signal handlers on the main thread),
+    # while the thread that answers the supervisor's pings runs on
+    path = patch_workers(tmp_path, "import signal, time\n"
+                                   "signal.signal(signal.SIGUSR1, lambda *args: time.sleep(120))")
+    with serving(tiny_weights, PYTHONPATH=path) as (proc, base):
+        hung, other = workers_of(proc.pid)
+        os.kill(hung, signal.SIGUSR1)
+        wait_for(lambda: hung not in workers_of(proc.pid) and len(workers_of(proc.pid)) == 2, timeout=60)
+        assert other in workers_of(proc.pid)
+        wait_for(lambda: workers_ready(base) == 2)
+        assert post_many(base, 20) == [200] * 20
+
+
+def test_metrics_folders_of_killed_supervisors_are_removed(tmp_path: Path):
+    from app.workers import METRICS_DIR_PREFIX, remove_stale_metrics_dirs
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead_pid = ended.pid  # a supervisor that has ended
+    stale = tmp_path / f"{METRICS_DIR_PREFIX}{dead_pid}-abc"
+    live = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "something-else"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x")
+    remove_stale_metrics_dirs(tmp_path)
+    assert not stale.exists() and live.is_dir() and other.is_dir()
