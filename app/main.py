@@ -99,7 +99,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
-    app.state.draining = False
+    app.state.draining = False  # refusing new work (503): shutting down
+    app.state.stopping = False  # a shutdown has begun: readiness says "draining"
     app.state.fatal = None
     install_error_handlers(app)
 

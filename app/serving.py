@@ -22,12 +22,23 @@ def uvicorn_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config
 
 
 class DrainingServer(uvicorn.Server):
-    """Readiness is 503 from the first moment of a shutdown, before uvicorn stops accepting."""
+    """Readiness is 503 from the first moment of a shutdown, before uvicorn stops accepting.
 
-    def __init__(self, config: uvicorn.Config, get_app: Callable[[], Any]):
+    A single process also refuses new work from then on (503 with ``Connection: close``: the
+    gateway tries another replica). A worker that shares its port with others
+    (``refuse_new_work=False``) serves what it still accepts in the moment before it closes its
+    listener: a sibling would have served it, and a 503 there would show in a SIGHUP rolling
+    restart or a worker's replacement."""
+
+    def __init__(self, config: uvicorn.Config, get_app: Callable[[], Any], refuse_new_work: bool = True):
         super().__init__(config)
         self._get_app = get_app  # a worker's app exists only once uvicorn has called its factory
+        self.refuse_new_work = refuse_new_work
         self.last_tick = time.monotonic()  # the event loop's heartbeat (app.workers watches it)
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.last_tick = time.monotonic()  # loading and warming up were no hang
 
     async def on_tick(self, counter: int) -> bool:  # uvicorn calls it every 0.1 s from the event loop
         self.last_tick = time.monotonic()
@@ -36,7 +47,9 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: object) -> None:
         app = self._get_app()
         if app is not None:
-            app.state.draining = True
+            app.state.stopping = True  # readiness: "draining"
+            if self.refuse_new_work:
+                app.state.draining = True
             app.state.metrics.set_ready(False)
         super().handle_exit(sig, frame)
 

@@ -78,7 +78,7 @@ class WorkerProcess(multiprocess.Process):
     @property
     def server(self) -> DrainingServer:  # type: ignore[override]
         if self._server is None:
-            self._server = DrainingServer(self.config, lambda: _app)
+            self._server = DrainingServer(self.config, lambda: _app, refuse_new_work=False)
         return self._server
 
     def pong(self) -> None:

@@ -246,7 +246,7 @@ async def test_warm_before_serving_is_ready_when_start_up_ends(tiny_weights: Pat
             assert (await c.get("/readyz")).status_code == 200
 
 
-def test_each_worker_runs_the_draining_server(tiny_weights: Path, monkeypatch):
+async def test_each_worker_runs_the_draining_server(tiny_weights: Path, monkeypatch):
     import app.workers as w
     from app.serving import DrainingServer, uvicorn_config
 
@@ -258,7 +258,13 @@ def test_each_worker_runs_the_draining_server(tiny_weights: Path, monkeypatch):
         monkeypatch.setattr(w, "_app", app)
         app.state.metrics.set_ready(True)
         process.server.handle_exit(signal.SIGTERM, None)
-        assert app.state.draining and process.server.should_exit  # readiness off at the first signal
+        assert process.server.should_exit and app.state.stopping  # readiness off at the first signal
+        # but what it still accepts before closing its listener, it serves (a sibling would have)
+        assert not app.state.draining
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            r = await c.get("/readyz")
+            assert r.status_code == 503 and r.json()["status"] == "draining"
         text = app.state.metrics.exposition().decode()
         assert "latentserve_ready 0.0" in text and "latentserve_workers_ready 0.0" in text
     finally:

@@ -22,7 +22,7 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> Response:
     state = request.app.state
     service = getattr(state, "service", None)
-    if getattr(state, "draining", False):
+    if getattr(state, "draining", False) or getattr(state, "stopping", False):
         status = "draining"
     elif getattr(state, "fatal", None):
         status = "failed"
