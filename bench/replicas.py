@@ -75,7 +75,7 @@ def measure(k: int, args: argparse.Namespace, wrk: str, log_dir: Path) -> dict:
                              "socket_errors": sum(x["socket_errors"] for x in results),
                              "server_cpu_pct": cpu})
         # per serving process: the workers (not the supervisor) in --workers mode
-        serving = [p for s in group for p in ((args.workers and worker_pids(s)) or [s.proc.pid])]
+        serving = [p for s in group for p in ((args.workers and servers.worker_pids(s.proc.pid)) or [s.proc.pid])]
         rss = [servers.rss_kb(p) / 1024 for p in serving]
     finally:
         for s in group:
@@ -91,18 +91,6 @@ def measure(k: int, args: argparse.Namespace, wrk: str, log_dir: Path) -> dict:
           f"worst p99 {med['p99_ms']:7.2f} ms  CPU {med['server_cpu_pct']:.0f}%  non-2xx {row['non_2xx']}  "
           f"RSS {row['rss_mib_each']:.0f} MiB each, device {row['device_mib_each']} MiB each", flush=True)
     return row
-
-
-def worker_pids(server: servers.Server) -> list[int]:
-    """The server's worker processes (multiprocessing's resource tracker is a child too)."""
-    pids = []
-    for pid in server.pids()[1:]:
-        try:
-            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
-        except OSError:
-            pass
-    return pids
 
 
 def wait_all_workers_ready(server: servers.Server, workers: int, timeout_s: float = 180.0) -> None:

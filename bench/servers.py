@@ -155,6 +155,21 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def is_worker(pid: int) -> bool:
+    """A live worker process of ``LATENTSERVE_WORKERS`` (multiprocessing's spawn; an exited one,
+    even unreaped, has no command line)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The worker processes of a latentserve supervisor (not multiprocessing's resource tracker,
+    also its child)."""
+    return sorted(pid for pid in children_map().get(parent, []) if is_worker(pid))
+
+
 def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -18,34 +18,11 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from bench.servers import child_pythonpath
+from bench.servers import child_pythonpath, is_worker, worker_pids
 from tests.test_e2e import start_server, wait_ready
 
 pytestmark = pytest.mark.e2e
 GAN = "/v1/models/tiny-gan"
-
-
-def is_worker(pid: int) -> bool:
-    """A live worker process (an exited one, even unreaped, has no command line)."""
-    try:
-        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def workers_of(parent: int) -> list[int]:
-    """Pids of the parent's worker processes (not multiprocessing's resource tracker)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(stat[1]) == parent and is_worker(int(entry)):
-            pids.append(int(entry))
-    return sorted(pids)
 
 
 def metric(text: str, line: str) -> float:
@@ -106,13 +83,13 @@ def serving(weights: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]
     seen: set[int] = set()
     try:
         wait_ready(proc, base)
-        wait_for(lambda: len(workers_of(proc.pid)) == 2)
+        wait_for(lambda: len(worker_pids(proc.pid)) == 2)
         # /readyz answers for the one worker that takes it; this gauge counts them all
         wait_for(lambda: workers_ready(base) == 2)
-        seen.update(workers_of(proc.pid))
+        seen.update(worker_pids(proc.pid))
         yield proc, base
     finally:
-        seen.update(workers_of(proc.pid))
+        seen.update(worker_pids(proc.pid))
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -144,7 +121,7 @@ def post_many(base: str, count: int) -> list[int]:
 
 def test_workers_share_one_port_count_metrics_together_and_drain_on_sigterm(workers):
     proc, base = workers
-    pids = workers_of(proc.pid)
+    pids = worker_pids(proc.pid)
     metrics_dir = metrics_dir_of(pids[0])
     assert metrics_dir.is_dir() and metrics_dir_of(pids[1]) == metrics_dir
     assert post_many(base, 40) == [200] * 40
@@ -164,20 +141,20 @@ def test_workers_share_one_port_count_metrics_together_and_drain_on_sigterm(work
     assert rss_mib < 120, rss_mib
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, proc.stdout.read()
-    assert workers_of(proc.pid) == [] and not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert worker_pids(proc.pid) == [] and not any(Path(f"/proc/{pid}").exists() for pid in pids)
     assert not metrics_dir.exists()  # the metrics files go with the service
 
 
 def test_a_dead_worker_is_replaced_and_the_others_keep_serving(workers):
     proc, base = workers
-    first, second = workers_of(proc.pid)
+    first, second = worker_pids(proc.pid)
     metrics_dir = metrics_dir_of(second)
     assert f"gauge_livemax_{first}.db" in {p.name for p in metrics_dir.iterdir()}  # its readiness
     os.kill(first, signal.SIGKILL)
     assert post_many(base, 20) == [200] * 20  # the port is shared: the live worker takes them all
-    wait_for(lambda: len(workers_of(proc.pid)) == 2 and first not in workers_of(proc.pid))
-    assert second in workers_of(proc.pid)
-    replacement = next(pid for pid in workers_of(proc.pid) if pid != second)
+    wait_for(lambda: len(worker_pids(proc.pid)) == 2 and first not in worker_pids(proc.pid))
+    assert second in worker_pids(proc.pid)
+    replacement = next(pid for pid in worker_pids(proc.pid) if pid != second)
     assert metric(scrape(base), "latentserve_ready") == 1  # the other one is
     # the replacement warms up before it takes connections, and then counts as ready
     wait_for(lambda: workers_ready(base) == 2)
@@ -190,7 +167,7 @@ def test_a_dead_worker_is_replaced_and_the_others_keep_serving(workers):
 
 def test_workers_exit_when_the_supervisor_is_killed(workers):
     proc, base = workers
-    pids = workers_of(proc.pid)
+    pids = worker_pids(proc.pid)
     metrics_dir = metrics_dir_of(pids[0])
     proc.kill()  # SIGKILL: no chance to stop its workers
     proc.wait(10)
@@ -300,18 +277,18 @@ def test_sighup_replaces_every_worker_even_one_slower_to_warm_up_than_uvicorn_wa
                                    "    warm_up(self)\n"
                                    "registry.Registry.warm_up = slow")
     with serving(tiny_weights, PYTHONPATH=path) as (proc, base):
-        old = set(workers_of(proc.pid))
+        old = set(worker_pids(proc.pid))
         metrics_dir = metrics_dir_of(min(old))
         proc.send_signal(signal.SIGHUP)
         statuses: list[int] = []
         deadline = time.monotonic() + 60
-        while (set(workers_of(proc.pid)) & old) and time.monotonic() < deadline:
+        while (set(worker_pids(proc.pid)) & old) and time.monotonic() < deadline:
             statuses += post_many(base, 8)  # served throughout, one worker at a time replaced
-        assert not set(workers_of(proc.pid)) & old, "the old workers were not all replaced"
+        assert not set(worker_pids(proc.pid)) & old, "the old workers were not all replaced"
         assert statuses and set(statuses) == {200}
-        wait_for(lambda: len(workers_of(proc.pid)) == 2 and workers_ready(base) == 2)
+        wait_for(lambda: len(worker_pids(proc.pid)) == 2 and workers_ready(base) == 2)
         live = {p.name for p in metrics_dir.iterdir() if p.name.startswith("gauge_live")}
-        assert {n.rsplit("_", 1)[1] for n in live} == {f"{pid}.db" for pid in workers_of(proc.pid)}
+        assert {n.rsplit("_", 1)[1] for n in live} == {f"{pid}.db" for pid in worker_pids(proc.pid)}
         assert proc.poll() is None
 
 
@@ -321,10 +298,10 @@ def test_a_worker_whose_event_loop_hangs_is_replaced(tiny_weights: Path, tmp_pat
     path = patch_workers(tmp_path, "import signal, time\n"
                                    "signal.signal(signal.SIGUSR1, lambda *args: time.sleep(120))")
     with serving(tiny_weights, PYTHONPATH=path) as (proc, base):
-        hung, other = workers_of(proc.pid)
+        hung, other = worker_pids(proc.pid)
         os.kill(hung, signal.SIGUSR1)
-        wait_for(lambda: hung not in workers_of(proc.pid) and len(workers_of(proc.pid)) == 2, timeout=60)
-        assert other in workers_of(proc.pid)
+        wait_for(lambda: hung not in worker_pids(proc.pid) and len(worker_pids(proc.pid)) == 2, timeout=60)
+        assert other in worker_pids(proc.pid)
         wait_for(lambda: workers_ready(base) == 2)
         assert post_many(base, 20) == [200] * 20
 
