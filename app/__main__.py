@@ -38,21 +38,19 @@ def main() -> int:
         from app.workers import run_workers
 
         return run_workers(settings)
-    from app.main import create_app
-    from app.registry import Registry
-    from app.serving import DrainingServer, prepare_process, uvicorn_config
-    from models.card import ModelLoadError
+    from app.serving import (
+        DrainingServer,
+        StartupError,
+        build_app,
+        prepare_process,
+        uvicorn_config,
+    )
 
     try:
-        registry = Registry.from_settings(settings)
-    except ModelLoadError as e:
-        print(f"latentserve: cannot load models: {e}", file=sys.stderr)
-        return 1
-    try:
-        app = create_app(settings, registry)
-    except ValueError as e:  # e.g. an unreadable API keys file
+        app = build_app(settings)
+    except StartupError as e:
         print(f"latentserve: {e}", file=sys.stderr)
-        return 2
+        return e.status
     server = DrainingServer(uvicorn_config(settings, app), lambda: app)
     prepare_process()
     app.state.on_fatal = lambda: setattr(server, "should_exit", True)

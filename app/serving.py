@@ -14,6 +14,35 @@ import uvicorn
 from app.settings import Settings
 
 
+class StartupError(Exception):
+    """What stops the service before it serves: one line for stderr and an exit status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def build_app(settings: Settings, *, load_on_cpu: bool = False) -> Any:
+    """The app with its models loaded. ``load_on_cpu``: only to check them, for a supervisor
+    whose workers load them on the device (the configured device is still checked)."""
+    from app.main import (
+        create_app,  # torch: not in a supervisor that only imports this module
+    )
+    from app.registry import Registry, resolve_device
+    from models.card import ModelLoadError
+
+    try:
+        resolve_device(settings.device)  # creates no CUDA context
+        load = settings.model_copy(update={"device": "cpu", "dtype": "float32"}) if load_on_cpu else settings
+        registry = Registry.from_settings(load)
+    except ModelLoadError as e:
+        raise StartupError(1, f"cannot load models: {e}") from None
+    try:
+        return create_app(settings, registry)
+    except ValueError as e:  # e.g. an unreadable API keys file
+        raise StartupError(2, str(e)) from None
+
+
 def uvicorn_config(settings: Settings, app: Any, **extra: Any) -> uvicorn.Config:
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                           access_log=False, lifespan="on", proxy_headers=False, server_header=False,

@@ -47,7 +47,13 @@ from prometheus_client import multiprocess as prom_multiprocess
 from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors import multiprocess
 
-from app.serving import DrainingServer, prepare_process, uvicorn_config
+from app.serving import (
+    DrainingServer,
+    StartupError,
+    build_app,
+    prepare_process,
+    uvicorn_config,
+)
 from app.settings import Settings
 
 log = logging.getLogger("latentserve")
@@ -145,22 +151,13 @@ def check_models(settings: Settings) -> int:
     """Load the models once on the CPU and build the app: what would fail in every worker fails
     here, with one line. Returns an exit status, 0 when all is well."""
     from app.logs import configure_logging
-    from app.main import create_app
-    from app.registry import Registry, resolve_device
-    from models.card import ModelLoadError
 
     configure_logging(settings.log_level, settings.log_format)
     try:
-        resolve_device(settings.device)  # creates no CUDA context
-        registry = Registry.from_settings(settings.model_copy(update={"device": "cpu", "dtype": "float32"}))
-    except ModelLoadError as e:
-        print(f"latentserve: cannot load models: {e}", file=sys.stderr)
-        return 1
-    try:
-        create_app(settings, registry)
-    except ValueError as e:  # e.g. an unreadable API keys file
+        build_app(settings, load_on_cpu=True)
+    except StartupError as e:
         print(f"latentserve: {e}", file=sys.stderr)
-        return 2
+        return e.status
     return 0
 
 
