@@ -3,6 +3,7 @@ server that turns readiness off the moment a shutdown starts, and the process-wi
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sys
 import time
@@ -12,6 +13,10 @@ from typing import Any
 import uvicorn
 
 from app.settings import Settings
+
+
+# at shutdown, how long a connection accepted a moment before may take to send its request
+ACCEPT_GRACE_S = 1.0
 
 
 class StartupError(Exception):
@@ -72,6 +77,20 @@ class DrainingServer(uvicorn.Server):
     async def on_tick(self, counter: int) -> bool:  # uvicorn calls it every 0.1 s from the event loop
         self.last_tick = time.monotonic()
         return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        # Stop accepting, then let the connections accepted a moment ago send their request:
+        # uvicorn closes a connection that has none yet, and its client sees a disconnect with no
+        # answer; once its request is read it gets one (a 503 while a single process drains)
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        deadline = time.monotonic() + ACCEPT_GRACE_S
+        while time.monotonic() < deadline and any(
+                getattr(c, "cycle", None) is None for c in self.server_state.connections):
+            await asyncio.sleep(0.01)
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: object) -> None:
         app = self._get_app()

@@ -79,3 +79,32 @@ def test_sigterm_under_steady_load_loses_no_accepted_request(tiny_weights):
     assert before > 0 and outcomes["200"] >= before
     assert outcomes["cut_off"] == 0 and not bad, (outcomes, bad[:5])
     assert outcomes["refused"] > 0  # the load went on past the shutdown
+
+
+@pytest.mark.e2e
+def test_a_connection_accepted_just_before_sigterm_gets_an_answer(tiny_weights):
+    import socket
+
+    proc, base = start_server(tiny_weights)
+    try:
+        wait_ready(proc, base)
+        port = urlparse(base).port
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            time.sleep(0.3)  # accepted, and no request yet
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # the shutdown has begun
+            body = json.dumps({"seed": 1}).encode()
+            sock.sendall(b"POST /v1/models/tiny-gan/samples HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        # not a disconnect without an answer: the draining service says so, and closes
+        head = data.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 503"), data[:200]
+        assert b"connection: close" in head
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
