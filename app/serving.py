@@ -14,7 +14,6 @@ import uvicorn
 
 from app.settings import Settings
 
-
 # at shutdown, how long a connection accepted a moment before may take to send its request
 ACCEPT_GRACE_S = 1.0
 
