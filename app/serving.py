@@ -14,7 +14,8 @@ import uvicorn
 
 from app.settings import Settings
 
-# at shutdown, how long a connection accepted a moment before may take to send its request
+# at shutdown, how long a connection with no request in flight (accepted a moment before, or kept
+# alive after an answer) may take to send one
 ACCEPT_GRACE_S = 1.0
 
 
@@ -78,26 +79,44 @@ class DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
     async def shutdown(self, sockets: Any = None) -> None:
-        # Stop accepting, then let the connections accepted a moment ago send their request:
-        # uvicorn closes a connection that has none yet, and its client sees a disconnect with no
-        # answer; once its request is read it gets one (a 503 while a single process drains)
+        app = self._get_app()
+        if app is not None:  # here, on the event loop, not in the signal handler (handle_exit)
+            app.state.metrics.set_ready(False)
+        # Stop accepting, then give the connections that may still send a request a moment to
+        # send it: uvicorn closes a connection with no request in flight at once, and a client
+        # that sent one just then sees a disconnect with no answer. That is a connection
+        # accepted a moment ago, or one kept alive after an answer (pooled by a gateway or a
+        # client library). A request read in time gets its answer, with Connection: close (a
+        # 503 while a single process drains); an answer still being computed says the same.
         for server in self.servers:
             server.close()
         for sock in sockets or []:
             sock.close()
         deadline = time.monotonic() + ACCEPT_GRACE_S
-        while time.monotonic() < deadline and any(
-                getattr(c, "cycle", None) is None for c in self.server_state.connections):
+        while True:
+            idle = False
+            for connection in list(self.server_state.connections):
+                cycle = getattr(connection, "cycle", None)
+                if cycle is None or cycle.response_complete:
+                    idle = True
+                elif cycle.keep_alive:
+                    connection.shutdown()  # its answer closes the connection
+            if not idle or time.monotonic() >= deadline:
+                break
             await asyncio.sleep(0.01)
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: object) -> None:
+        # A signal handler runs on the main thread between two bytecodes of whatever it was
+        # doing, the event loop's work included: it only sets flags. Taking a lock here (a
+        # metric's: with several workers prometheus-client has one lock for every value of the
+        # process) would wait forever if the loop was inside an update of that lock when the
+        # signal came. The readiness gauge goes to 0 in shutdown(), within 0.1 s.
         app = self._get_app()
         if app is not None:
             app.state.stopping = True  # readiness: "draining"
             if self.refuse_new_work:
                 app.state.draining = True
-            app.state.metrics.set_ready(False)
         super().handle_exit(sig, frame)
 
 

@@ -8,8 +8,10 @@ are told apart exactly."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import re
 import signal
 import threading
 import time
@@ -81,28 +83,61 @@ def test_sigterm_under_steady_load_loses_no_accepted_request(tiny_weights):
     assert outcomes["refused"] > 0  # the load went on past the shutdown
 
 
+def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def read_answer(sock) -> tuple[bytes, bytes]:
+    """One answer with a Content-Length: (head, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, b""
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return head.lower(), body
+
+
 @pytest.mark.e2e
-def test_a_connection_accepted_just_before_sigterm_gets_an_answer(tiny_weights):
+@pytest.mark.parametrize("idle", ["accepted", "kept alive"])
+def test_connections_with_no_request_in_flight_at_sigterm_get_an_answer(tiny_weights, idle):
+    """A connection accepted a moment before SIGTERM, or connections kept alive after an answer
+    (a gateway's pool), send a request just after it: each gets an answer, not a disconnect
+    without one."""
     import socket
 
     proc, base = start_server(tiny_weights)
+    port = urlparse(base).port
+    sample = request_bytes("POST", "/v1/models/tiny-gan/samples", json.dumps({"seed": 1}).encode())
     try:
         wait_ready(proc, base)
-        port = urlparse(base).port
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            time.sleep(0.3)  # accepted, and no request yet
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+                     for _ in range(1 if idle == "accepted" else 2)]
+            if idle == "kept alive":
+                for sock, first in zip(socks, (sample, request_bytes("GET", "/metrics"))):
+                    sock.sendall(first)
+                    head, _ = read_answer(sock)
+                    assert head.startswith(b"http/1.1 200") and b"connection: close" not in head
+            time.sleep(0.3)  # no request in flight on any of them
             proc.send_signal(signal.SIGTERM)
             time.sleep(0.3)  # the shutdown has begun
-            body = json.dumps({"seed": 1}).encode()
-            sock.sendall(b"POST /v1/models/tiny-gan/samples HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        # not a disconnect without an answer: the draining service says so, and closes
-        head = data.split(b"\r\n\r\n", 1)[0].lower()
-        assert head.startswith(b"http/1.1 503"), data[:200]
-        assert b"connection: close" in head
+            socks[0].sendall(sample)
+            head, _ = read_answer(socks[0])
+            # the draining service says so, and closes (a gateway retries on another replica)
+            assert head.startswith(b"http/1.1 503"), head
+            assert b"connection: close" in head
+            assert socks[0].recv(1) == b""
+            if idle == "kept alive":
+                socks[1].sendall(request_bytes("GET", "/metrics"))
+                head, body = read_answer(socks[1])
+                assert head.startswith(b"http/1.1 200"), head
+                assert re.search(rb"^latentserve_ready 0\.0$", body, re.MULTILINE)  # set off in shutdown()
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
