@@ -184,7 +184,8 @@ def test_workers_refuse_bad_weights_in_one_line_before_starting_any(tmp_path: Pa
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert "latentserve: cannot load models:" in out and "weights directory not found" in out
-    assert "Traceback" not in out and "Started parent process" not in out
+    assert "Traceback" not in out
+    assert out.count("cannot load models") == 1  # checked once, not by every worker in turn
 
 
 def test_workers_stop_when_a_worker_cannot_warm_up(tiny_weights: Path, tmp_path: Path):
@@ -197,7 +198,8 @@ def test_workers_stop_when_a_worker_cannot_warm_up(tiny_weights: Path, tmp_path:
     assert proc.returncode == 1, out
     assert "injected warm-up failure" in out
     assert "a worker failed to start (its log says why); all workers stopped" in out
-    assert out.count("Started server process") <= 2  # not restarted over and over
+    # each worker of the first two says why once: none was restarted to fail again
+    assert 1 <= out.count("warm-up failed, the service will not become ready") <= 2, out
 
 
 async def test_warm_before_serving_fails_start_up_when_warm_up_fails(tiny_weights: Path, monkeypatch):
