@@ -18,10 +18,13 @@ What this module adds to uvicorn's supervisor:
   (uvicorn allows 5 s for a SIGHUP replacement); a worker whose load or warm-up fails stops them
   all (uvicorn's start-up failure status, then exit 1, as a single process exits) instead of
   being restarted in a loop;
+- a SIGINT or SIGTERM during a SIGHUP rolling restart stops it and the service at once (uvicorn's
+  would first finish the restart); a SIGTTIN, SIGTTOU or SIGHUP that comes with one is dropped;
 - a worker whose event loop stops turning (blocked for HANG_S) stops answering the supervisor's
   pings, so it is killed and replaced (uvicorn's pings are answered by a thread of their own,
   whatever the loop does); a worker whose supervisor dies drains and exits (uvicorn's would live
-  on, orphaned, holding the port);
+  on, orphaned, holding the port); a worker told to stop that has not exited once its drain
+  time is up is killed, so a stuck one cannot keep the supervisor from exiting (with status 1);
 - metrics: every worker writes to a fresh ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` from any
   of them counts all of them; the gauges of workers that ended or died stop counting; the folder
   goes at exit, and folders left by a supervisor that was killed go at the next start.
@@ -34,6 +37,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -41,6 +45,7 @@ import time
 from pathlib import Path
 from socket import socket
 from threading import Event
+from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import multiprocess as prom_multiprocess
@@ -60,6 +65,8 @@ log = logging.getLogger("latentserve")
 
 HANG_S = 10.0  # an event loop that has not ticked for this long is hung
 START_S = 300.0  # longest a SIGHUP replacement may take to load and warm up
+JOIN_MARGIN_S = 10.0  # past its two drain timeouts (requests, then batches), a stopping worker is killed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 METRICS_DIR_PREFIX = "latentserve-metrics-"
 LIVE_GAUGE_RE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
@@ -106,6 +113,18 @@ class WorkerProcess(multiprocess.Process):
     def wait_until_ready(self, timeout: float, should_exit: Event | None = None) -> bool:
         return super().wait_until_ready(max(timeout, START_S), should_exit)
 
+    def join(self) -> None:
+        """Wait for a worker told to stop for as long as its drain may take (the requests', then
+        the batches'), then kill it: a stuck one would otherwise keep the supervisor from
+        exiting, and a SIGHUP restart from going on, until the orchestrator's SIGKILL."""
+        drain = self.config.timeout_graceful_shutdown or 0.0
+        self.process.join(2 * drain + JOIN_MARGIN_S)
+        if self.process.exitcode is None:
+            log.error("worker %s did not exit %.0f s after it was told to stop: killed", self.pid,
+                      2 * drain + JOIN_MARGIN_S)
+            self.process.kill()
+            self.process.join()
+
     def target(self, sockets: list[socket] | None = None) -> None:  # pragma: no cover - runs in a worker
         prepare_process()
         # this process's copy of the supervisor's end of the pipe: closed, the supervisor's death
@@ -124,6 +143,40 @@ class Supervisor(multiprocess.Multiprocess):
     def __init__(self, config: Config, sockets: list[socket], metrics_dir: str):
         super().__init__(config, sockets)
         self.metrics_dir = metrics_dir
+
+    def stop_requested(self) -> bool:
+        """SIGINT or SIGTERM came, even if the main loop has not handled it yet (its handler
+        only queues it, and a rolling restart runs inside that loop)."""
+        return self.should_exit.is_set() or any(sig in STOP_SIGNALS for sig in self.signal_queue)
+
+    def handle_signals(self) -> None:
+        if any(sig in STOP_SIGNALS for sig in self.signal_queue):
+            # stopping: a worker added (SIGTTIN) or replaced (SIGHUP) now would be told to stop
+            # before it can handle the signal, and end killed by it
+            for sig in tuple(self.signal_queue):
+                if sig not in STOP_SIGNALS:
+                    self.signal_queue.remove(sig)
+        super().handle_signals()
+
+    def restart_all(self) -> None:
+        """uvicorn's rolling restart (SIGHUP), which also gives up at SIGINT or SIGTERM: each
+        replacement may take START_S to warm up, and uvicorn's would finish them all first."""
+        for idx, old_process in enumerate(self.processes):
+            if self.stop_requested():
+                return
+            new_process = WorkerProcess(self.config, self.sockets)
+            new_process.start()
+            give_up = SimpleNamespace(is_set=self.stop_requested)  # polled as uvicorn polls its should_exit
+            if not new_process.wait_until_ready(self.config.timeout_worker_healthcheck, give_up):
+                new_process.kill()
+                new_process.join()
+                if not self.stop_requested():
+                    log.error("worker %s was not ready in time; keeping worker %s and abandoning the restart",
+                              new_process.pid, old_process.pid)
+                return
+            old_process.terminate()
+            old_process.join()
+            self.processes[idx] = new_process
 
     def terminate_all(self) -> None:
         super().terminate_all()
@@ -166,17 +219,22 @@ def _check_models_and_exit(settings: Settings) -> None:  # pragma: no cover - ru
 
 
 def remove_stale_metrics_dirs(parent: Path) -> None:
-    """Folders of supervisors that were killed (SIGKILL leaves no chance to remove them)."""
+    """Folders of supervisors that were killed (SIGKILL leaves no chance to remove them). One
+    named with this process's pid is an earlier supervisor's too (this one has not made its
+    own yet): in a container the supervisor is PID 1 every time, and /tmp may outlive it."""
     for folder in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
         pid = folder.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
         try:
             if not pid.isdigit() or folder.stat().st_uid != os.getuid():
                 continue
-            os.kill(int(pid), 0)  # that supervisor still runs
+            if int(pid) != os.getpid():
+                os.kill(int(pid), 0)  # that supervisor still runs
+                continue
         except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
+            pass
         except OSError:
             continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_workers(settings: Settings) -> int:
@@ -204,4 +262,6 @@ def run_workers(settings: Settings) -> int:
     if STARTUP_FAILURE in codes:
         log.error("a worker failed to start (its log says why); all workers stopped")
         return 1
-    return 0 if all(code == 0 for code in codes) else 1
+    # -SIGTERM: a worker told to stop before it could handle the signal (it was starting), so it
+    # had nothing to drain; a worker that was serving drains and ends with 0
+    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1

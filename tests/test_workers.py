@@ -337,10 +337,67 @@ def test_metrics_folders_of_killed_supervisors_are_removed(tmp_path: Path):
     ended.wait()
     dead_pid = ended.pid  # a supervisor that has ended
     stale = tmp_path / f"{METRICS_DIR_PREFIX}{dead_pid}-abc"
-    live = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-def"
+    live = tmp_path / f"{METRICS_DIR_PREFIX}{os.getppid()}-def"  # a process that runs
+    # this process's own pid: a supervisor before it (PID 1 again, in a container restarted
+    # with the same /tmp), since this one makes its folder only after the sweep
+    earlier = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-ghi"
     other = tmp_path / "something-else"
-    for folder in (stale, live, other):
+    for folder in (stale, live, earlier, other):
         folder.mkdir()
         (folder / "counter_1.db").write_bytes(b"x")
     remove_stale_metrics_dirs(tmp_path)
-    assert not stale.exists() and live.is_dir() and other.is_dir()
+    assert not stale.exists() and not earlier.exists()
+    assert live.is_dir() and other.is_dir()
+
+
+def test_sigterm_during_a_sighup_restart_stops_the_service_without_finishing_it(tiny_weights: Path, tmp_path: Path):
+    # the first workers warm up at once; replacements, once the marker exists, take 60 s
+    marker = tmp_path / "slow"
+    path = patch_workers(tmp_path, "import os, time\n"
+                                   "warm_up = registry.Registry.warm_up\n"
+                                   "def slow(self):\n"
+                                   f"    if os.path.exists({str(marker)!r}):\n"
+                                   "        time.sleep(60)\n"
+                                   "    warm_up(self)\n"
+                                   "registry.Registry.warm_up = slow")
+    with serving(tiny_weights, PYTHONPATH=path) as (proc, _):
+        marker.touch()
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1.0)  # the first replacement is warming up
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(20)  # uvicorn's restart would first wait for both replacements: 120 s
+        except subprocess.TimeoutExpired:
+            raise AssertionError("SIGTERM waited for the rolling restart") from None
+        assert code == 0, proc.stdout.read()  # the old workers drained; the replacement was never one
+        assert time.monotonic() - t0 < 15
+
+
+def test_sigttin_with_sigterm_still_stops_cleanly(workers):
+    proc, _ = workers
+    # a worker started now would be told to stop before it can handle SIGTERM (killed by it)
+    proc.send_signal(signal.SIGTTIN)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.stdout.read()
+
+
+def test_a_worker_stuck_at_shutdown_is_killed_once_its_drain_time_is_up(tiny_weights: Path, tmp_path: Path):
+    # SIGUSR1 blocks a worker's main thread for 120 s, so its SIGTERM handler cannot run
+    path = patch_workers(tmp_path, "import signal, time\n"
+                                   "signal.signal(signal.SIGUSR1, lambda *args: time.sleep(120))")
+    with serving(tiny_weights, PYTHONPATH=path, LATENTSERVE_DRAIN_TIMEOUT_S="1") as (proc, _):
+        stuck, _other = worker_pids(proc.pid)
+        os.kill(stuck, signal.SIGUSR1)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(40)  # killed 2 x 1 s + 10 s after SIGTERM, not after the 120 s
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the supervisor waited for the stuck worker") from None
+        out = proc.stdout.read()
+        assert code == 1, out  # a worker had to be killed: not a clean stop
+        assert f"worker {stuck} did not exit 12 s after it was told to stop: killed" in out
+        assert 11 < time.monotonic() - t0 < 30
+        assert not is_worker(stuck)
