@@ -3,6 +3,7 @@
     python -m bench.reliability overload     # 4x the measured capacity for 60 s
     python -m bench.reliability disconnect   # bursts of clients that send n=64 and hang up
     python -m bench.reliability drain        # SIGTERM under load, several times
+    python -m bench.reliability rolling      # SIGHUP rolling restarts of workers, pooled clients
     python -m bench.reliability soak         # 100,000 mixed requests: errors, RSS, fds, threads
 
 Each prints its figures and writes them to bench/reliability-<run>.json; docs/reliability.md
@@ -33,7 +34,15 @@ from app.settings import Settings
 from bench import rawhttp
 from bench.hostile import small_png
 from bench.loadgen import WRK_TIMEOUT, find_wrk
-from bench.servers import REPO, Server, free_port, http, latentserve_spec, rss_kb
+from bench.servers import (
+    REPO,
+    Server,
+    free_port,
+    http,
+    latentserve_spec,
+    rss_kb,
+    worker_pids,
+)
 
 LUA = Path(__file__).resolve().parent / "traffic.lua"
 GAN_SAMPLES = "/v1/models/fashion-gan/samples"
@@ -346,7 +355,66 @@ def soak(args: argparse.Namespace) -> dict:
     }
 
 
-RUNS: dict[str, Callable[[argparse.Namespace], dict]] = {"overload": overload, "disconnect": disconnect, "drain": drain, "soak": soak}
+def rolling(args: argparse.Namespace) -> dict:
+    """SIGHUP rolling restarts of a WORKERS server while clients keep connections alive between
+    requests, as a gateway's or a client library's pool does: a connection that a stopping worker
+    closes just as its client sends the next request loses that request (a disconnect with no
+    answer), and a POST is not retried by clients."""
+    import httpx
+
+    server = start({"WORKERS": str(max(2, args.workers))})
+    outcomes: Counter[str] = Counter()
+    stop, lock = threading.Event(), threading.Lock()
+
+    def client(worker: int) -> None:
+        with httpx.Client(base_url=server.base, timeout=30) as c:  # one pooled connection
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    r = c.post(GAN_SAMPLES, json={"seed": worker * 10**6 + i})
+                    kind = str(r.status_code) if r.status_code != 200 or r.content.startswith(b"\x89PNG") else "200 without a PNG"
+                except httpx.HTTPError as e:
+                    kind = type(e).__name__
+                with lock:
+                    outcomes[kind] += 1
+
+    threads = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(args.clients)]
+    cycles = []
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        for cycle in range(args.cycles):
+            with lock:
+                before = Counter(outcomes)
+            old = set(worker_pids(server.proc.pid))
+            t0 = time.monotonic()
+            os.kill(server.proc.pid, signal.SIGHUP)
+            while set(worker_pids(server.proc.pid)) & old and time.monotonic() - t0 < 300:
+                time.sleep(0.1)
+            replaced_s = time.monotonic() - t0
+            time.sleep(2.0)
+            with lock:
+                during = dict(Counter(outcomes) - before)
+            cycles.append({"cycle": cycle, "all_replaced": not set(worker_pids(server.proc.pid)) & old,
+                           "replaced_after_s": round(replaced_s, 2), "outcomes": during,
+                           "lost": sum(n for k, n in during.items() if k != "200")})
+            print(json.dumps(cycles[-1]), flush=True)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        os.kill(server.proc.pid, signal.SIGTERM)
+        code = server.proc.wait(60)
+        server.stop()
+    return {"clients": args.clients, "workers": max(2, args.workers), "cycles": cycles, "exit_status": code,
+            "requests": sum(sum(c["outcomes"].values()) for c in cycles), "lost": sum(c["lost"] for c in cycles),
+            "all_replaced": all(c["all_replaced"] for c in cycles)}
+
+
+RUNS: dict[str, Callable[[argparse.Namespace], dict]] = {"overload": overload, "disconnect": disconnect, "drain": drain,
+                                                         "rolling": rolling, "soak": soak}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,24 +425,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=None, help="overload: 2048; soak: 16")
     ap.add_argument("--delay-ms", type=float, default=None, help="overload: mean pause per connection (default: connections / target rate)")
     ap.add_argument("--bursts", type=int, default=20, help="disconnect: bursts of clients")
-    ap.add_argument("--clients", type=int, default=None, help="disconnect: clients per burst (100); drain: load clients (32)")
+    ap.add_argument("--clients", type=int, default=None, help="disconnect: clients per burst (100); drain: load clients (32); rolling: pooled clients (8)")
     ap.add_argument("--hang-up-s", type=float, default=0.02, help="disconnect: seconds before a client hangs up")
     ap.add_argument("--pause-s", type=float, default=0.5, help="disconnect: pause between bursts")
-    ap.add_argument("--cycles", type=int, default=5, help="drain: start, load, SIGTERM cycles")
+    ap.add_argument("--cycles", type=int, default=5, help="drain: start, load, SIGTERM cycles; rolling: SIGHUPs")
     ap.add_argument("--load-s", type=float, default=10.0, help="drain: seconds of load before each SIGTERM")
-    ap.add_argument("--workers", type=int, default=1, help="drain: LATENTSERVE_WORKERS of the server (default 1)")
+    ap.add_argument("--workers", type=int, default=1, help="drain: LATENTSERVE_WORKERS of the server (default 1); rolling: at least 2")
     ap.add_argument("--requests", type=int, default=100_000, help="soak: requests in all")
     ap.add_argument("--chunk-s", type=float, default=30.0, help="soak: seconds per wrk run between samples")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     args.connections = args.connections or (2048 if args.run == "overload" else 16)
-    args.clients = args.clients or (100 if args.run == "disconnect" else 32)
+    args.clients = args.clients or {"disconnect": 100, "rolling": 8}.get(args.run, 32)
     t0 = time.time()
     result = RUNS[args.run](args)
     report = {"run": args.run, "command": "python -m bench.reliability " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": round(time.time() - t0, 1),
               "cpus": os.cpu_count(), **result}
-    out = args.out or REPO / "bench" / f"reliability-{args.run}.json"
+    name = f"{args.run}-workers" if args.run == "drain" and args.workers > 1 else args.run  # not over the 1-process run
+    out = args.out or REPO / "bench" / f"reliability-{name}.json"
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in report.items() if k not in ("chunks", "cycles")}, indent=2, default=str))
     return 0
