@@ -8,6 +8,7 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,9 +40,10 @@ def incoming_request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    def __init__(self, app: ASGIApp, metrics: Metrics, state: Any = None):
         self.app = app
         self.metrics = metrics
+        self.state = state  # the app's: once a shutdown has begun (stopping), every answer closes its connection
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,6 +60,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                if getattr(self.state, "stopping", False) and not any(
+                        name.lower() == b"connection" for name, _ in message["headers"]):
+                    # not kept alive for a next request that the stopping process could not answer
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         try:

@@ -86,8 +86,9 @@ class DrainingServer(uvicorn.Server):
         # send it: uvicorn closes a connection with no request in flight at once, and a client
         # that sent one just then sees a disconnect with no answer. That is a connection
         # accepted a moment ago, or one kept alive after an answer (pooled by a gateway or a
-        # client library). A request read in time gets its answer, with Connection: close (a
-        # 503 while a single process drains); an answer still being computed says the same.
+        # client library). A request read in time gets its answer (a 503 while a single process
+        # drains), and every answer from now on says Connection: close (the app adds it once
+        # ``stopping``); one whose head was sent before closes its connection after its body.
         for server in self.servers:
             server.close()
         for sock in sockets or []:
@@ -100,7 +101,7 @@ class DrainingServer(uvicorn.Server):
                 if cycle is None or cycle.response_complete:
                     idle = True
                 elif cycle.keep_alive:
-                    connection.shutdown()  # its answer closes the connection
+                    connection.shutdown()  # closed after its answer
             if not idle or time.monotonic() >= deadline:
                 break
             await asyncio.sleep(0.01)

@@ -83,6 +83,24 @@ def test_sigterm_under_steady_load_loses_no_accepted_request(tiny_weights):
     assert outcomes["refused"] > 0  # the load went on past the shutdown
 
 
+async def test_once_a_shutdown_has_begun_every_answer_closes_its_connection(app_factory):
+    async with app_factory() as (app, client):
+        for method, path, body in (("GET", "/healthz", None), ("GET", "/metrics", None),
+                                   ("POST", "/v1/models/tiny-gan/samples", {"seed": 1})):  # the fast path too
+            r = await client.request(method, path, json=body)
+            assert r.status_code == 200 and "connection" not in r.headers
+        # a worker that stops still serves (a sibling would have), but no connection is kept
+        # alive for a next request: a client would send it as the connection closes
+        app.state.stopping = True
+        for method, path, body in (("GET", "/healthz", None), ("GET", "/metrics", None),
+                                   ("POST", "/v1/models/tiny-gan/samples", {"seed": 1})):
+            r = await client.request(method, path, json=body)
+            assert r.status_code == 200 and r.headers["connection"] == "close", (path, r.headers)
+        app.state.draining = True  # one process draining: a 503 that says the same, once
+        r = await client.post("/v1/models/tiny-gan/samples", json={"seed": 1})
+        assert r.status_code == 503 and r.headers.get_list("connection") == ["close"]
+
+
 def request_bytes(method: str, path: str, body: bytes = b"") -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     return head.encode() + body
