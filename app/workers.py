@@ -32,6 +32,7 @@ What this module adds to uvicorn's supervisor:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -66,6 +67,8 @@ log = logging.getLogger("latentserve")
 HANG_S = 10.0  # an event loop that has not ticked for this long is hung
 START_S = 300.0  # longest a SIGHUP replacement may take to load and warm up
 JOIN_MARGIN_S = 10.0  # past its two drain timeouts (requests, then batches), a stopping worker is killed
+STARTING_STOP_S = 2.0  # a worker still starting when told to stop is killed after this
+METRICS_LOCK = "supervisor.lock"  # held by the supervisor whose folder it is, for as long as it runs
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 METRICS_DIR_PREFIX = "latentserve-metrics-"
 LIVE_GAUGE_RE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
@@ -88,6 +91,8 @@ def worker_app() -> Any:
 
 
 class WorkerProcess(multiprocess.Process):
+    served = False  # a ping has seen it started: it took connections
+
     @property
     def server(self) -> DrainingServer:  # type: ignore[override]
         if self._server is None:
@@ -113,17 +118,41 @@ class WorkerProcess(multiprocess.Process):
     def wait_until_ready(self, timeout: float, should_exit: Event | None = None) -> bool:
         return super().wait_until_ready(max(timeout, START_S), should_exit)
 
-    def join(self) -> None:
-        """Wait for a worker told to stop for as long as its drain may take (the requests', then
-        the batches'), then kill it: a stuck one would otherwise keep the supervisor from
-        exiting, and a SIGHUP restart from going on, until the orchestrator's SIGKILL."""
-        drain = self.config.timeout_graceful_shutdown or 0.0
-        self.process.join(2 * drain + JOIN_MARGIN_S)
+    def _healthcheck(self, timeout: float) -> bool | None:  # every ping of the supervisor's
+        started = super()._healthcheck(timeout)
+        if started:
+            self.served = True
+        return started
+
+    def stop_timeout_s(self) -> float:
+        """How long a worker told to stop may take before it is killed. One that has served
+        drains its requests, then its batches. One still starting never serves once told to
+        stop (uvicorn returns right after start-up), so killing it loses nothing."""
+        if not self.served:
+            return STARTING_STOP_S
+        return 2 * (self.config.timeout_graceful_shutdown or 0.0) + JOIN_MARGIN_S
+
+    def join(self, deadline: float | None = None) -> None:
+        """Wait for a worker told to stop until ``deadline`` (default: its stop timeout from
+        now), then kill it: a stuck one would otherwise keep the supervisor from exiting, and a
+        SIGHUP restart from going on, until the orchestrator's SIGKILL."""
+        if deadline is None:
+            deadline = time.monotonic() + self.stop_timeout_s()
+        self.process.join(max(0.0, deadline - time.monotonic()))
         if self.process.exitcode is None:
-            log.error("worker %s did not exit %.0f s after it was told to stop: killed", self.pid,
-                      2 * drain + JOIN_MARGIN_S)
+            if self.served:
+                log.error("worker %s did not exit %.0f s after it was told to stop: killed", self.pid,
+                          self.stop_timeout_s())
+            else:
+                log.info("worker %s was still starting when told to stop: killed", self.pid)
             self.process.kill()
             self.process.join()
+
+    @property
+    def stopped_cleanly(self) -> bool:
+        """Drained and exited 0, or stopped before it ever served (nothing to drain): killed by
+        the SIGTERM before it could handle it, or killed while still starting."""
+        return self.exitcode == 0 or (not self.served and self.exitcode in (-signal.SIGTERM, -signal.SIGKILL))
 
     def target(self, sockets: list[socket] | None = None) -> None:  # pragma: no cover - runs in a worker
         prepare_process()
@@ -149,14 +178,19 @@ class Supervisor(multiprocess.Multiprocess):
         only queues it, and a rolling restart runs inside that loop)."""
         return self.should_exit.is_set() or any(sig in STOP_SIGNALS for sig in self.signal_queue)
 
-    def handle_signals(self) -> None:
-        if any(sig in STOP_SIGNALS for sig in self.signal_queue):
-            # stopping: a worker added (SIGTTIN) or replaced (SIGHUP) now would be told to stop
-            # before it can handle the signal, and end killed by it
-            for sig in tuple(self.signal_queue):
-                if sig not in STOP_SIGNALS:
-                    self.signal_queue.remove(sig)
-        super().handle_signals()
+    # Once a stop is queued, a worker added (SIGTTIN) or replaced (SIGHUP) would be told to stop
+    # right away; none is started, and none is taken away (SIGTTOU) but by the stop itself.
+    def handle_hup(self) -> None:
+        if not self.stop_requested():
+            super().handle_hup()
+
+    def handle_ttin(self) -> None:
+        if not self.stop_requested():
+            super().handle_ttin()
+
+    def handle_ttou(self) -> None:
+        if not self.stop_requested():
+            super().handle_ttou()
 
     def restart_all(self) -> None:
         """uvicorn's rolling restart (SIGHUP), which also gives up at SIGINT or SIGTERM: each
@@ -179,12 +213,20 @@ class Supervisor(multiprocess.Multiprocess):
             self.processes[idx] = new_process
 
     def terminate_all(self) -> None:
+        for process in self.processes:
+            if not process.served and process.process.is_alive():
+                process.is_ready(timeout=1)  # started since the last ping? then it drains in full
         super().terminate_all()
         # The workers stop accepting as they drain; the supervisor's own copy of the listening
         # socket would keep the port listening, so that new connections waited in its backlog
         # for the whole drain and were then reset. Closed, they are refused at once.
         for sock in self.sockets:
             sock.close()
+
+    def join_all(self) -> None:
+        told = time.monotonic()  # all were told to stop together: their timeouts run at once
+        for process in self.processes:
+            process.join(told + process.stop_timeout_s())
 
     def keep_subprocess_alive(self) -> None:
         super().keep_subprocess_alive()
@@ -218,22 +260,35 @@ def _check_models_and_exit(settings: Settings) -> None:  # pragma: no cover - ru
     raise SystemExit(check_models(settings))
 
 
+def make_metrics_dir(parent: Path) -> tuple[str, int]:
+    """A fresh folder for the workers' metrics, and the descriptor of the lock on it that this
+    process holds until it exits (the kernel drops it however the process ends). It gets its
+    name only once locked, so no other supervisor's sweep can take it for a stale one."""
+    building = tempfile.mkdtemp(prefix=f".{METRICS_DIR_PREFIX}", dir=parent)
+    fd = os.open(os.path.join(building, METRICS_LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    folder = os.path.join(parent, f"{METRICS_DIR_PREFIX}{os.getpid()}-{os.path.basename(building)[len(METRICS_DIR_PREFIX) + 1:]}")
+    os.rename(building, folder)
+    return folder, fd
+
+
 def remove_stale_metrics_dirs(parent: Path) -> None:
-    """Folders of supervisors that were killed (SIGKILL leaves no chance to remove them). One
-    named with this process's pid is an earlier supervisor's too (this one has not made its
-    own yet): in a container the supervisor is PID 1 every time, and /tmp may outlive it."""
-    for folder in parent.glob(f"{METRICS_DIR_PREFIX}*-*"):
-        pid = folder.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
+    """Folders of supervisors that were killed (SIGKILL leaves no chance to remove them): those
+    whose lock nobody holds. A lock, not a pid: in containers that share /tmp, every supervisor
+    may be PID 1."""
+    for folder in parent.glob(f"{METRICS_DIR_PREFIX}*"):
         try:
-            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+            if not folder.is_dir() or folder.stat().st_uid != os.getuid():
                 continue
-            if int(pid) != os.getpid():
-                os.kill(int(pid), 0)  # that supervisor still runs
-                continue
-        except ProcessLookupError:
-            pass
-        except OSError:
+            fd = os.open(folder / METRICS_LOCK, os.O_RDWR)
+        except OSError:  # no lock file: not one of ours
             continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its supervisor runs
+            continue
+        finally:
+            os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -245,7 +300,7 @@ def run_workers(settings: Settings) -> int:
     if checker.exitcode:
         return checker.exitcode if checker.exitcode in (1, 2) else 1
     remove_stale_metrics_dirs(Path(tempfile.gettempdir()))
-    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+    metrics_dir, metrics_lock = make_metrics_dir(Path(tempfile.gettempdir()))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by every worker
     config = uvicorn_config(settings, "app.workers:worker_app", factory=True, workers=settings.workers)
     # uvicorn's supervisor makes every worker (first start, restarts, SIGHUP, SIGTTIN) from this name
@@ -258,10 +313,9 @@ def run_workers(settings: Settings) -> int:
     finally:
         sock.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.close(metrics_lock)
     codes = [p.exitcode for p in supervisor.processes]
     if STARTUP_FAILURE in codes:
         log.error("a worker failed to start (its log says why); all workers stopped")
         return 1
-    # -SIGTERM: a worker told to stop before it could handle the signal (it was starting), so it
-    # had nothing to drain; a worker that was serving drains and ends with 0
-    return 0 if all(code in (0, -signal.SIGTERM) for code in codes) else 1
+    return 0 if all(p.stopped_cleanly for p in supervisor.processes) else 1

@@ -331,23 +331,36 @@ def test_a_worker_whose_event_loop_hangs_is_replaced(tiny_weights: Path, tmp_pat
 
 
 def test_metrics_folders_of_killed_supervisors_are_removed(tmp_path: Path):
-    from app.workers import METRICS_DIR_PREFIX, remove_stale_metrics_dirs
+    import fcntl
 
-    ended = subprocess.Popen(["true"])
-    ended.wait()
-    dead_pid = ended.pid  # a supervisor that has ended
-    stale = tmp_path / f"{METRICS_DIR_PREFIX}{dead_pid}-abc"
-    live = tmp_path / f"{METRICS_DIR_PREFIX}{os.getppid()}-def"  # a process that runs
-    # this process's own pid: a supervisor before it (PID 1 again, in a container restarted
-    # with the same /tmp), since this one makes its folder only after the sweep
-    earlier = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-ghi"
-    other = tmp_path / "something-else"
-    for folder in (stale, live, earlier, other):
-        folder.mkdir()
-        (folder / "counter_1.db").write_bytes(b"x")
-    remove_stale_metrics_dirs(tmp_path)
-    assert not stale.exists() and not earlier.exists()
-    assert live.is_dir() and other.is_dir()
+    from app.workers import (
+        METRICS_DIR_PREFIX,
+        METRICS_LOCK,
+        make_metrics_dir,
+        remove_stale_metrics_dirs,
+    )
+
+    # a supervisor that runs holds the lock on its folder, in this process here; a pid would not
+    # do: containers that share /tmp may each run theirs as PID 1
+    live, lock = make_metrics_dir(tmp_path)
+    try:
+        assert Path(live).name.startswith(f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+        stale = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-abc"  # the lock file of a killed one: free
+        unlocked = tmp_path / f"{METRICS_DIR_PREFIX}1-def"  # no lock file: not a supervisor's folder
+        other = tmp_path / "something-else"
+        for folder in (stale, unlocked, other):
+            folder.mkdir()
+            (folder / "counter_1.db").write_bytes(b"x")
+        (stale / METRICS_LOCK).touch()
+        remove_stale_metrics_dirs(tmp_path)
+        assert not stale.exists()
+        assert Path(live).is_dir() and unlocked.is_dir() and other.is_dir()
+        with open(Path(live) / METRICS_LOCK) as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still held after the sweep
+    finally:
+        os.close(lock)
+    remove_stale_metrics_dirs(tmp_path)  # its supervisor gone, the folder goes at the next start
+    assert not Path(live).exists()
 
 
 def test_sigterm_during_a_sighup_restart_stops_the_service_without_finishing_it(tiny_weights: Path, tmp_path: Path):
@@ -374,12 +387,62 @@ def test_sigterm_during_a_sighup_restart_stops_the_service_without_finishing_it(
         assert time.monotonic() - t0 < 15
 
 
+@pytest.mark.parametrize("queued", [[signal.SIGTTIN], [signal.SIGTTIN, signal.SIGTERM], [signal.SIGHUP, signal.SIGINT],
+                                    [signal.SIGTTOU, signal.SIGTERM]])
+def test_no_worker_is_added_replaced_or_removed_once_a_stop_is_queued(tiny_weights: Path, tmp_path: Path,
+                                                                    monkeypatch, queued):
+    import socket as socketlib
+
+    import app.workers as w
+    from app.serving import uvicorn_config
+
+    monkeypatch.setattr(w.multiprocess.signal, "signal", lambda *a: None)  # keep pytest's handlers
+    handled: list[str] = []
+    for name in ("hup", "ttin", "ttou"):
+        monkeypatch.setattr(w.multiprocess.Multiprocess, f"handle_{name}", lambda self, n=name: handled.append(n))
+    config = uvicorn_config(Settings(weights_dir=tiny_weights), "app.workers:worker_app", factory=True, workers=2)
+    with socketlib.socket() as sock:
+        supervisor = w.Supervisor(config, [sock], str(tmp_path))
+        supervisor.signal_queue.extend(queued)  # as the signal handlers queue them
+        supervisor.handle_signals()
+    stopping = signal.SIGTERM in queued or signal.SIGINT in queued
+    assert supervisor.should_exit.is_set() == stopping
+    assert handled == ([] if stopping else ["ttin"])
+
+
 def test_sigttin_with_sigterm_still_stops_cleanly(workers):
     proc, _ = workers
-    # a worker started now would be told to stop before it can handle SIGTERM (killed by it)
+    # whichever the supervisor handles first, no worker ends killed by the SIGTERM meant for it
     proc.send_signal(signal.SIGTTIN)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, proc.stdout.read()
+
+
+def test_a_worker_still_starting_when_told_to_stop_is_killed_and_the_stop_is_clean(tiny_weights: Path, tmp_path: Path):
+    # workers started once the marker exists take 60 s to warm up
+    marker = tmp_path / "slow"
+    path = patch_workers(tmp_path, "import os, time\n"
+                                   "warm_up = registry.Registry.warm_up\n"
+                                   "def slow(self):\n"
+                                   f"    if os.path.exists({str(marker)!r}):\n"
+                                   "        time.sleep(60)\n"
+                                   "    warm_up(self)\n"
+                                   "registry.Registry.warm_up = slow")
+    with serving(tiny_weights, PYTHONPATH=path) as (proc, _):
+        marker.touch()
+        proc.send_signal(signal.SIGTTIN)  # a third worker, warming up
+        wait_for(lambda: len(worker_pids(proc.pid)) == 3)
+        time.sleep(2.0)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(30)  # it would serve nothing: killed 2 s after, not waited for (60 s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the supervisor waited for a worker still warming up") from None
+        out = proc.stdout.read()
+        assert code == 0, out  # the two that served drained; the third had nothing to drain
+        assert time.monotonic() - t0 < 15
+        assert "did not exit" not in out
 
 
 def test_a_worker_stuck_at_shutdown_is_killed_once_its_drain_time_is_up(tiny_weights: Path, tmp_path: Path):
