@@ -275,21 +275,41 @@ def make_metrics_dir(parent: Path) -> tuple[str, int]:
 def remove_stale_metrics_dirs(parent: Path) -> None:
     """Folders of supervisors that were killed (SIGKILL leaves no chance to remove them): those
     whose lock nobody holds. A lock, not a pid: in containers that share /tmp, every supervisor
-    may be PID 1."""
+    may be PID 1. A folder without a lock file is from a version before the lock, and goes when
+    the pid in its name is no process (or is this one)."""
     for folder in parent.glob(f"{METRICS_DIR_PREFIX}*"):
         try:
             if not folder.is_dir() or folder.stat().st_uid != os.getuid():
                 continue
             fd = os.open(folder / METRICS_LOCK, os.O_RDWR)
-        except OSError:  # no lock file: not one of ours
+        except FileNotFoundError:
+            if not _unlocked_folder_is_stale(folder):
+                continue
+        except OSError:
             continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its supervisor runs
-            continue
-        finally:
-            os.close(fd)
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: its supervisor runs
+                continue
+            finally:
+                os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _unlocked_folder_is_stale(folder: Path) -> bool:
+    pid = folder.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def run_workers(settings: Settings) -> int:

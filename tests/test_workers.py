@@ -346,14 +346,18 @@ def test_metrics_folders_of_killed_supervisors_are_removed(tmp_path: Path):
     try:
         assert Path(live).name.startswith(f"{METRICS_DIR_PREFIX}{os.getpid()}-")
         stale = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-abc"  # the lock file of a killed one: free
-        unlocked = tmp_path / f"{METRICS_DIR_PREFIX}1-def"  # no lock file: not a supervisor's folder
+        # no lock file: made by a version before the lock, kept while the pid in its name runs
+        unlocked = tmp_path / f"{METRICS_DIR_PREFIX}{os.getppid()}-def"
+        ended = subprocess.Popen(["true"])
+        ended.wait()
+        unlocked_stale = tmp_path / f"{METRICS_DIR_PREFIX}{ended.pid}-ghi"
         other = tmp_path / "something-else"
-        for folder in (stale, unlocked, other):
+        for folder in (stale, unlocked, unlocked_stale, other):
             folder.mkdir()
             (folder / "counter_1.db").write_bytes(b"x")
         (stale / METRICS_LOCK).touch()
         remove_stale_metrics_dirs(tmp_path)
-        assert not stale.exists()
+        assert not stale.exists() and not unlocked_stale.exists()
         assert Path(live).is_dir() and unlocked.is_dir() and other.is_dir()
         with open(Path(live) / METRICS_LOCK) as f, pytest.raises(BlockingIOError):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # still held after the sweep
