@@ -19,15 +19,17 @@ What this module adds to uvicorn's supervisor:
   all (uvicorn's start-up failure status, then exit 1, as a single process exits) instead of
   being restarted in a loop;
 - a SIGINT or SIGTERM during a SIGHUP rolling restart stops it and the service at once (uvicorn's
-  would first finish the restart); a SIGTTIN, SIGTTOU or SIGHUP that comes with one is dropped;
+  would first finish the restart); a SIGTTIN, SIGTTOU or SIGHUP that comes with one is ignored;
 - a worker whose event loop stops turning (blocked for HANG_S) stops answering the supervisor's
   pings, so it is killed and replaced (uvicorn's pings are answered by a thread of their own,
   whatever the loop does); a worker whose supervisor dies drains and exits (uvicorn's would live
   on, orphaned, holding the port); a worker told to stop that has not exited once its drain
-  time is up is killed, so a stuck one cannot keep the supervisor from exiting (with status 1);
+  time is up is killed, so a stuck one cannot keep the supervisor from exiting (with status 1),
+  and one still starting is killed after 2 s (it would never serve: a clean stop);
 - metrics: every worker writes to a fresh ``PROMETHEUS_MULTIPROC_DIR``, so ``/metrics`` from any
   of them counts all of them; the gauges of workers that ended or died stop counting; the folder
-  goes at exit, and folders left by a supervisor that was killed go at the next start.
+  goes at exit, and folders left by a supervisor that was killed go at the next start (a live
+  supervisor holds a lock on its folder).
 """
 
 from __future__ import annotations
