@@ -76,6 +76,18 @@ def patch_workers(folder: Path, patch: str) -> str:
     return f"{folder}{os.pathsep}{child_pythonpath()}"
 
 
+def slow_to_warm_up_once(marker: Path, folder: Path) -> str:
+    """patch_workers: a worker started once ``marker`` exists takes 60 s to warm up (the first
+    ones, started before, warm up at once)."""
+    return patch_workers(folder, "import os, time\n"
+                                 "warm_up = registry.Registry.warm_up\n"
+                                 "def slow(self):\n"
+                                 f"    if os.path.exists({str(marker)!r}):\n"
+                                 "        time.sleep(60)\n"
+                                 "    warm_up(self)\n"
+                                 "registry.Registry.warm_up = slow")
+
+
 @contextlib.contextmanager
 def serving(weights: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
     """A 2-worker server, both workers ready; nothing of it outlives the block."""
@@ -370,13 +382,7 @@ def test_metrics_folders_of_killed_supervisors_are_removed(tmp_path: Path):
 def test_sigterm_during_a_sighup_restart_stops_the_service_without_finishing_it(tiny_weights: Path, tmp_path: Path):
     # the first workers warm up at once; replacements, once the marker exists, take 60 s
     marker = tmp_path / "slow"
-    path = patch_workers(tmp_path, "import os, time\n"
-                                   "warm_up = registry.Registry.warm_up\n"
-                                   "def slow(self):\n"
-                                   f"    if os.path.exists({str(marker)!r}):\n"
-                                   "        time.sleep(60)\n"
-                                   "    warm_up(self)\n"
-                                   "registry.Registry.warm_up = slow")
+    path = slow_to_warm_up_once(marker, tmp_path)
     with serving(tiny_weights, PYTHONPATH=path) as (proc, _):
         marker.touch()
         proc.send_signal(signal.SIGHUP)
@@ -425,13 +431,7 @@ def test_sigttin_with_sigterm_still_stops_cleanly(workers):
 def test_a_worker_still_starting_when_told_to_stop_is_killed_and_the_stop_is_clean(tiny_weights: Path, tmp_path: Path):
     # workers started once the marker exists take 60 s to warm up
     marker = tmp_path / "slow"
-    path = patch_workers(tmp_path, "import os, time\n"
-                                   "warm_up = registry.Registry.warm_up\n"
-                                   "def slow(self):\n"
-                                   f"    if os.path.exists({str(marker)!r}):\n"
-                                   "        time.sleep(60)\n"
-                                   "    warm_up(self)\n"
-                                   "registry.Registry.warm_up = slow")
+    path = slow_to_warm_up_once(marker, tmp_path)
     with serving(tiny_weights, PYTHONPATH=path) as (proc, _):
         marker.touch()
         proc.send_signal(signal.SIGTTIN)  # a third worker, warming up
