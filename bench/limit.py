@@ -5,7 +5,6 @@ range of batch sizes. Each number is the median of `repeats` timed windows of `s
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections.abc import Callable
@@ -109,17 +108,3 @@ def forward_png_rate(model: ServedModel, batch: int, seconds: float, png_level: 
     z, y = _inputs(model, batch, torch.Generator().manual_seed(seed))
     rate, _ = _rate(_forward_png(model, z, y, png_level), batch, seconds, 1)
     return rate
-
-
-def interpolate(rows: list[dict], key: str, batch: float) -> tuple[float, int]:
-    """`key` at a (fractional) batch size: linear in log2(batch) between the measured sizes around
-    it, clamped at the ends. Also returns the nearest measured size (in log2 distance)."""
-    pts = sorted((r["batch"], r[key]) for r in rows)
-    nearest = min(pts, key=lambda p: abs(math.log2(p[0]) - math.log2(max(batch, 1e-9))))[0]
-    if batch <= pts[0][0]:
-        return pts[0][1], nearest
-    for (b0, v0), (b1, v1) in zip(pts, pts[1:]):
-        if b0 <= batch <= b1:
-            t = (math.log2(batch) - math.log2(b0)) / (math.log2(b1) - math.log2(b0))
-            return v0 + t * (v1 - v0), nearest
-    return pts[-1][1], nearest

@@ -3,9 +3,34 @@ the Markdown report (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-from bench.limit import interpolate
+import math
 
 RATIO_LOAD = "c64"
+
+
+def interpolate(rows: list[dict], key: str, batch: float) -> tuple[float, int]:
+    """`key` at a (fractional) batch size: linear in log2(batch) between the measured sizes around
+    it, clamped at the ends. Also returns the nearest measured size (in log2 distance)."""
+    pts = sorted((r["batch"], r[key]) for r in rows)
+    nearest = min(pts, key=lambda p: abs(math.log2(p[0]) - math.log2(max(batch, 1e-9))))[0]
+    if batch <= pts[0][0]:
+        return pts[0][1], nearest
+    for (b0, v0), (b1, v1) in zip(pts, pts[1:]):
+        if b0 <= batch <= b1:
+            t = (math.log2(batch) - math.log2(b0)) / (math.log2(b1) - math.log2(b0))
+            return v0 + t * (v1 - v0), nearest
+    return pts[-1][1], nearest
+
+
+def _omp_sentence(m: dict) -> str:
+    """How torch's idle OpenMP threads waited: passive in every server; the limit's per --limit-omp-wait-policy."""
+    servers = "Every server's idle OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, as `python -m app` sets it)"
+    if "limit_omp_wait_policy" not in m:  # runs before 2026-11-30 set nothing for the limit or the other servers
+        return "`OMP_WAIT_POLICY` set by latentserve only (`PASSIVE`); the limit and the other servers used libgomp's default."
+    if m["limit_omp_wait_policy"] == "passive":
+        return servers + ", and so do the in-process limit's (`--limit-omp-wait-policy passive`)."
+    return (servers + "; the in-process limit's use libgomp's default (spin, then sleep), which makes it faster "
+            "here (`--limit-omp-wait-policy default`).")
 
 
 def _cell(results: dict, server: str, load: str) -> dict | None:
@@ -189,7 +214,7 @@ def markdown(results: dict) -> str:
         f"`bench/run.py`. Every server runs alone, as one worker (LitServe: one inference worker and one API "
         f"server process), with the same number of torch threads ({m['torch_threads']})"
         f"{' and the same NHWC (channels-last) convolution weights on a CPU' if m.get('channels_last') else ''}, "
-        f"on 127.0.0.1.", "",
+        f"on 127.0.0.1. {_omp_sentence(m)}", "",
         "## Machine and run", "",
         f"- **Date:** {m['date']}",
         f"- **Command:** `{m['command']}`" + (" (run under `nice -n 19`)" if m.get("niceness") else ""),

@@ -66,6 +66,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-batch-rows", type=int, default=0, help="LATENTSERVE_MAX_BATCH_ROWS for latentserve (default: its own)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="NHWC convolution weights on a CPU for every server and the limit (default: on, latentserve's default)")
+    p.add_argument("--limit-omp-wait-policy", choices=("default", "passive"), default="default",
+                   help="how the in-process limit's idle OpenMP threads wait: default (libgomp's: spin, then sleep; "
+                   "the faster limit here) or passive (OMP_WAIT_POLICY=PASSIVE, as every server runs: "
+                   "`python -m app` sets it)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1: the client must not take the server's cores)")
     p.add_argument("--litserve-batch-timeout", type=float, default=0.005, help="LitServe batch_timeout in seconds (default 0.005)")
     p.add_argument("--litserve-max-batch-size", type=int, default=64, help="LitServe max_batch_size (default 64)")
@@ -132,6 +136,7 @@ def machine_info(args: argparse.Namespace, argv: list[str], wrk: str, device: st
         "niceness": os.nice(0), "platform": platform.platform(), "python": platform.python_version(),
         "device": device, "cuda_device": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
         "torch": torch.__version__, "torch_threads": args.torch_threads, "channels_last": args.channels_last,
+        "limit_omp_wait_policy": args.limit_omp_wait_policy,
         "packages": {d: _version(d) for d in ("fastapi", "uvicorn", "uvloop", "httptools", "litserve", "pillow", "numpy")},
         "wrk": loadgen.wrk_version(wrk), "wrk_threads": args.wrk_threads,
         "git_commit": _git("rev-parse", "--short", "HEAD"), "git_dirty": bool(_git("status", "--porcelain")),
@@ -254,6 +259,19 @@ def bench_server(spec: servers.ServerSpec, port: int, args: argparse.Namespace, 
     return result
 
 
+def set_limit_omp_wait_policy(policy: str) -> None:
+    """OMP_WAIT_POLICY of this process, where the limit runs. libgomp reads it once, when torch
+    loads, so this comes first. The servers get PASSIVE whatever this says (bench.servers). On 2
+    vCPUs a limit whose idle threads spin ran ~6% faster than a passive one (docs/benchmarks.md),
+    while the server ran as fast either way: the default compares with the faster limit."""
+    if "torch" in sys.modules:
+        raise RuntimeError("torch is loaded already: the OpenMP wait policy can no longer be set")
+    if policy == "passive":
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    else:
+        os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -262,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if not card.is_file():
         raise SystemExit(f"{card} not found: pass --weights-dir and --model (train the model first, or write "
                          f"tiny test models with tests.conftest.write_tiny_models and use --model tiny-gan)")
+    set_limit_omp_wait_policy(args.limit_omp_wait_policy)
     import torch
 
     from app.registry import resolve_device

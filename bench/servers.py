@@ -63,10 +63,13 @@ def child_pythonpath() -> str:
 
 
 def _base_env() -> dict[str, str]:
-    """This environment without LATENTSERVE_* (a stray one would change what is measured)."""
+    """This environment without LATENTSERVE_* and BENCH_* (a stray one would change what is measured)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATENTSERVE_") and not k.startswith("BENCH_")}
     env["PYTHONPATH"] = child_pythonpath()
     env["PYTHONUNBUFFERED"] = "1"
+    # every server's idle OpenMP threads sleep, as latentserve's do (app/__main__.py), whatever
+    # the limit in this process uses (bench.run --limit-omp-wait-policy)
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
     return env
 
 
