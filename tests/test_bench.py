@@ -1,0 +1,73 @@
+"""The benchmark's own logic that decides what is measured: the limit at the batch size formed
+(interpolation), the OpenMP wait policy of the limit and of the servers, and how the report
+states it. (The benchmark itself is a command, not a test: docs/benchmarks.md.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import report, run, servers
+from bench.servers import child_pythonpath
+
+ROWS = [{"batch": 8, "v": 800.0}, {"batch": 32, "v": 1100.0}, {"batch": 64, "v": 1200.0}]
+
+
+def test_interpolate_is_linear_in_log2_of_the_batch_and_clamped():
+    assert report.interpolate(ROWS, "v", 32) == (1100.0, 32)
+    assert report.interpolate(ROWS, "v", 16) == (950.0, 8)  # halfway from 8 to 32 in log2; 8 and 32 tie, the first wins
+    value, nearest = report.interpolate(ROWS, "v", 31.7)  # 800 + 300 * (log2(31.7) - 3) / 2
+    assert value == pytest.approx(1097.96, abs=0.01) and nearest == 32
+    assert report.interpolate(ROWS, "v", 1) == (800.0, 8)
+    assert report.interpolate(ROWS, "v", 256) == (1200.0, 64)
+
+
+def test_every_server_waits_passively_and_stray_settings_are_dropped(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("LATENTSERVE_MAX_BATCH_ROWS", "1")
+    monkeypatch.setenv("BENCH_MODEL", "other")
+    env = servers._base_env()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "LATENTSERVE_MAX_BATCH_ROWS" not in env and "BENCH_MODEL" not in env
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the shell's does not reach the servers either
+    assert servers._base_env()["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_the_limit_keeps_libgomps_default_unless_asked():
+    assert run.parse_args([]).limit_omp_wait_policy == "default"
+    assert run.parse_args(["--limit-omp-wait-policy", "passive"]).limit_omp_wait_policy == "passive"
+    with pytest.raises(SystemExit):
+        run.parse_args(["--limit-omp-wait-policy", "active"])
+
+
+def test_the_limits_wait_policy_cannot_be_set_once_torch_is_loaded():
+    import torch  # noqa: F401 - loaded in this process, as libgomp with it
+
+    with pytest.raises(RuntimeError, match="torch is loaded already"):
+        run.set_limit_omp_wait_policy("passive")
+
+
+@pytest.mark.parametrize("policy, shell, expected", [
+    ("passive", None, "PASSIVE"),
+    ("passive", "ACTIVE", "PASSIVE"),
+    ("default", "PASSIVE", "<unset>"),  # libgomp's default, whatever the shell had
+])
+def test_the_limits_wait_policy_is_set_before_torch_loads(policy, shell, expected):
+    code = ("import os, sys; from bench import run; assert 'torch' not in sys.modules; "
+            f"run.set_limit_omp_wait_policy({policy!r}); print(os.environ.get('OMP_WAIT_POLICY', '<unset>'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = child_pythonpath()
+    if shell is not None:
+        env["OMP_WAIT_POLICY"] = shell
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
+
+
+def test_the_report_says_how_the_threads_waited():
+    assert "the in-process limit's use libgomp's default" in report._omp_sentence({"limit_omp_wait_policy": "default"})
+    assert "and so do the in-process limit's" in report._omp_sentence({"limit_omp_wait_policy": "passive"})
+    assert "set by latentserve only" in report._omp_sentence({})  # a results file from before the option
