@@ -48,6 +48,7 @@ class ServerSpec:
     stats_file: Path | None = None
     notes: str = ""
     settings: dict[str, str] = field(default_factory=dict)  # what is shown in the report
+    cwd: Path | None = None  # where it starts (default: this repository; bench.ab: another revision's tree)
 
 
 def free_port() -> int:
@@ -56,10 +57,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_pythonpath() -> str:
-    """PYTHONPATH for a child process: the repository first, then the caller's own entries
-    (wheels carried to a bare machine live there)."""
-    return os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+def child_pythonpath(tree: Path = REPO) -> str:
+    """PYTHONPATH for a child process: the repository (or another revision's tree) first, then the
+    caller's own entries (wheels carried to a bare machine live there)."""
+    return os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def _base_env() -> dict[str, str]:
@@ -225,7 +226,7 @@ class Server:
     def start(self) -> None:
         self._log = open(self.log_path, "wb")
         # children inherit this process's niceness (run the harness under `nice -n 19` on a shared box)
-        self.proc = subprocess.Popen(self.spec.argv, cwd=REPO, env=self.spec.env, stdout=self._log,
+        self.proc = subprocess.Popen(self.spec.argv, cwd=self.spec.cwd or REPO, env=self.spec.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -4,13 +4,14 @@ states it. (The benchmark itself is a command, not a test: docs/benchmarks.md.)"
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
-from bench import report, run, servers
+from bench import ab, report, run, servers
 from bench.servers import child_pythonpath
 
 ROWS = [{"batch": 8, "v": 800.0}, {"batch": 32, "v": 1100.0}, {"batch": 64, "v": 1200.0}]
@@ -71,3 +72,38 @@ def test_the_report_says_how_the_threads_waited():
     assert "the in-process limit's use libgomp's default" in report._omp_sentence({"limit_omp_wait_policy": "default"})
     assert "and so do the in-process limit's" in report._omp_sentence({"limit_omp_wait_policy": "passive"})
     assert "set by latentserve only" in report._omp_sentence({})  # a results file from before the option
+
+
+# ---- bench.ab: two servers side by side ----
+
+def test_ab_environment_pairs():
+    assert ab.env_pair("LATENTSERVE_TORCH_THREADS=1") == ("LATENTSERVE_TORCH_THREADS", "1")
+    assert ab.env_pair("OMP_WAIT_POLICY=") == ("OMP_WAIT_POLICY", "")  # empty: libgomp's default
+    assert ab.env_pair("A=b=c") == ("A", "b=c")
+    for bad in ("NOVALUE", "=1", "BAD KEY=1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            ab.env_pair(bad)
+    args = ab.parse_args(["--a", "HEAD~1", "--b-env", "X=1", "--b-env", "Y=2"])
+    assert (args.a, args.b, args.a_env, args.b_env) == ("HEAD~1", ab.WORKTREE, [], [("X", "1"), ("Y", "2")])
+
+
+def test_ab_summary_pairs_rounds_by_index():
+    s = ab.summary([700.0, 760.0, 750.0], [720.0, 740.0, 780.0])
+    assert (s["median_a"], s["median_b"], s["b_won"], s["rounds"]) == (750.0, 740.0, 2, 3)
+    assert s["ratio_b_a"] == pytest.approx(740.0 / 750.0)
+
+
+def test_ab_checks_out_a_revision_and_starts_its_server_from_there():
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ab.REPO, capture_output=True, text=True, check=True).stdout.strip()
+    with ab.source_tree("HEAD") as tree:
+        assert tree != ab.REPO and (tree / "app" / "__main__.py").is_file()
+        assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True,
+                              check=True).stdout.strip() == head
+        spec = ab._spec(ab.parse_args([]), tree, [("OMP_WAIT_POLICY", "")], 8123, "side-A")
+        assert spec.cwd == tree and spec.env["PYTHONPATH"].split(os.pathsep)[0] == str(tree)
+        assert spec.env["OMP_WAIT_POLICY"] == "" and spec.env["LATENTSERVE_PORT"] == "8123"
+    assert not tree.exists()  # the worktree is removed
+    listed = subprocess.run(["git", "worktree", "list"], cwd=ab.REPO, capture_output=True, text=True, check=True).stdout
+    assert str(tree) not in listed
+    with ab.source_tree(ab.WORKTREE) as tree:
+        assert tree == ab.REPO
