@@ -112,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
             source_tree(args.a) as tree_a, source_tree(args.b) as tree_b:
         sides = {}
         try:
+            ports: list[int] = []
             for side, tree, extra in (("A", tree_a, args.a_env), ("B", tree_b, args.b_env)):
                 port = servers.free_port()
+                while port in ports:  # a port is free until a server binds it: B must not get A's
+                    port = servers.free_port()
+                ports.append(port)
                 sides[side] = servers.Server(_spec(args, tree, extra, port, f"side-{side}"), port, Path(logs))
                 sides[side].start()
             for side, server in sides.items():
