@@ -1,24 +1,31 @@
 """Two latentserve servers side by side: the same load in alternating rounds, so that both see the
-same minutes of a machine whose speed drifts by +-20% (docs/benchmarks.md). This is how every
-"side by side" comparison of two commits or two settings in docs/benchmarks.md was measured.
+same minutes of a machine whose speed drifts by +-20% (docs/benchmarks.md). The "side by side"
+comparisons of two commits or two settings in docs/benchmarks.md were measured this way.
 
 Each side is a git revision of this repository, checked out in a temporary worktree, or the
 working tree (WORKTREE), plus its own environment (KEY=VALUE, repeatable). Both servers start
 with the benchmark's latentserve settings (bench.servers.latentserve) and stay up; each gets a
-few seconds of uncounted load, then the rounds alternate A, B, A, B, ... with wrk.
+few seconds of uncounted load, then the rounds alternate with wrk: A then B in odd rounds, B then
+A in even ones, so that a steady drift of the machine favours neither side.
 
     python -m bench.ab --a HEAD~1                                    # the last commit's change
-    python -m bench.ab --a-env OMP_WAIT_POLICY=PASSIVE --b-env OMP_WAIT_POLICY=
+    python -m bench.ab --a-env OMP_WAIT_POLICY=                      # libgomp's default against PASSIVE
     python -m bench.ab --b-env LATENTSERVE_TORCH_THREADS=1 --rounds 5 --concurrency 8
 
-Prints every round's requests/s and p99, the medians, B / A and how many rounds B won; with
---out-json also writes them. Needs wrk (apt-get install wrk) and git."""
+(An empty OMP_WAIT_POLICY gets past app/__main__.py's default of PASSIVE; libgomp then logs
+"Invalid value for environment variable OMP_WAIT_POLICY" and uses its default.)
+
+Compares successful answers per second (answers with status >= 400 or socket errors make the
+exit status 1 and are flagged). Prints every round, the medians, B / A and how many rounds B
+won; with --out-json also writes them. Ctrl-C stops early and summarises the complete rounds.
+Needs wrk (apt-get install wrk) and git."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -75,8 +82,10 @@ def source_tree(revision: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="latentserve-ab-") as tmp:
         tree = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=REPO, check=True,
-                       capture_output=True, text=True)
+        added = subprocess.run(["git", "worktree", "add", "--detach", str(tree), revision], cwd=REPO, check=False,
+                               capture_output=True, text=True)
+        if added.returncode != 0:
+            raise SystemExit(f"cannot check out {revision!r}: {added.stderr.strip()}")
         try:
             yield tree
         finally:
@@ -85,7 +94,11 @@ def source_tree(revision: str) -> Iterator[Path]:
 
 
 def summary(a: list[float], b: list[float]) -> dict:
-    """Medians of each side's rounds, B / A, and the rounds B served more in (same round index)."""
+    """Medians of each side's rounds, B / A (None when A served nothing), and the rounds B served
+    more in (same round index). Only rounds both sides completed count."""
+    a, b = a[:len(b)], b[:len(a)]
+    if not a:
+        return {"median_a": None, "median_b": None, "ratio_b_a": None, "b_won": 0, "rounds": 0}
     ma, mb = statistics.median(a), statistics.median(b)
     return {"median_a": ma, "median_b": mb, "ratio_b_a": mb / ma if ma else None,
             "b_won": sum(y > x for x, y in zip(a, b)), "rounds": len(a)}
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds: dict[str, list[dict]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="latentserve-ab-logs-") as logs, \
             source_tree(args.a) as tree_a, source_tree(args.b) as tree_b:
-        sides = {}
+        sides: dict[str, servers.Server] = {}
         try:
             ports: list[int] = []
             for side, tree, extra in (("A", tree_a, args.a_env), ("B", tree_b, args.b_env)):
@@ -120,33 +133,45 @@ def main(argv: list[str] | None = None) -> int:
                 ports.append(port)
                 sides[side] = servers.Server(_spec(args, tree, extra, port, f"side-{side}"), port, Path(logs))
                 sides[side].start()
-            for side, server in sides.items():
+            for server in sides.values():
                 server.wait_ready()
                 if args.warmup:
                     loadgen.run_wrk(wrk, server.url, load, args.warmup, seed_base=0)
             for i in range(args.rounds):
-                for side, server in sides.items():
+                for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
+                    server = sides[side]
                     c0 = server.cpu_seconds()
                     r = loadgen.run_wrk(wrk, server.url, load, args.duration, seed_base=(i + 1) * 1_000_000)
+                    r["ok_per_s"] = r["img_per_s"] / args.n  # answers with status < 400
                     r["server_cpu_pct"] = 100.0 * (server.cpu_seconds() - c0) / r["duration_s"]
                     rounds[side].append(r)
-                    print(f"round {i + 1} {side}: {r['req_per_s']:8.1f} req/s  p99 {r['p99_ms']:7.2f} ms  "
-                          f"non-2xx {r['non_2xx']}  server CPU {r['server_cpu_pct']:.0f}%", flush=True)
+                    print(f"round {i + 1} {side}: {r['ok_per_s']:8.1f} req/s  p99 {r['p99_ms']:7.2f} ms  "
+                          f"non-2xx {r['non_2xx']}  socket errors {r['socket_errors']}  "
+                          f"server CPU {r['server_cpu_pct']:.0f}%", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted: the rounds both sides completed follow", flush=True)
         finally:
-            for server in sides.values():
-                server.stop()
-    result = summary([r["req_per_s"] for r in rounds["A"]], [r["req_per_s"] for r in rounds["B"]])
-    for side, revision, extra in (("A", args.a, args.a_env), ("B", args.b, args.b_env)):
-        what = " ".join([revision, *(f"{k}={v}" for k, v in extra)])
-        rates = ", ".join(f"{r['req_per_s']:.1f}" for r in rounds[side])
-        print(f"{side} ({what}): {rates} req/s, median {result['median_' + side.lower()]:.1f}")
-    print(f"B / A = {result['ratio_b_a']:.3f}; B served more in {result['b_won']} of {result['rounds']} rounds")
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave a server up
+            try:
+                for server in sides.values():
+                    server.stop(timeout_s=10.0)
+            finally:
+                signal.signal(signal.SIGINT, previous)
+    result = summary([r["ok_per_s"] for r in rounds["A"]], [r["ok_per_s"] for r in rounds["B"]])
     if args.out_json:
         args.out_json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                              "rounds": rounds, "summary": result}, indent=2) + "\n")
-    errors = sum(r["non_2xx"] + r["socket_errors"] for side in rounds.values() for r in side)
-    return 1 if errors else 0
-
+    errors = {side: sum(r["non_2xx"] + r["socket_errors"] for r in rs) for side, rs in rounds.items()}
+    for side, revision, extra in (("A", args.a, args.a_env), ("B", args.b, args.b_env)):
+        what = " ".join([revision, *(f"{k}={v}" for k, v in extra)])
+        rates = ", ".join(f"{r['ok_per_s']:.1f}" for r in rounds[side][:result["rounds"]])
+        median = result["median_" + side.lower()]
+        print(f"{side} ({what}): {rates or '-'} req/s, median {'n/a' if median is None else f'{median:.1f}'}"
+              + (f"; {errors[side]} errors (non-2xx or socket): not comparable" if errors[side] else ""))
+    ratio = result["ratio_b_a"]
+    print(f"B / A = {'n/a' if ratio is None else f'{ratio:.3f}'}; B served more in {result['b_won']} of "
+          f"{result['rounds']} rounds")
+    return 1 if any(errors.values()) or result["rounds"] < args.rounds else 0
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -29,8 +29,9 @@ def _omp_sentence(m: dict) -> str:
         return "`OMP_WAIT_POLICY` set by latentserve only (`PASSIVE`); the limit and the other servers used libgomp's default."
     if m["limit_omp_wait_policy"] == "passive":
         return servers + ", and so do the in-process limit's (`--limit-omp-wait-policy passive`)."
-    return (servers + "; the in-process limit's use libgomp's default (spin, then sleep), which makes it faster "
-            "here (`--limit-omp-wait-policy default`).")
+    faster = ", which makes it faster on a 2-core CPU (docs/benchmarks.md)" if m.get("device") == "cpu" else ""
+    return (servers + f"; the in-process limit's use libgomp's default (spin, then sleep){faster} "
+            "(`--limit-omp-wait-policy default`).")
 
 
 def _cell(results: dict, server: str, load: str) -> dict | None:
