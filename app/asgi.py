@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.types import Send
+from starlette.types import Scope, Send
+
+
+def route_path(scope: Scope) -> str:
+    """The path the routes see: uvicorn puts ``root_path`` (LATENTSERVE_ROOT_PATH) in front of it."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def json_bytes(content: Any) -> bytes:

@@ -16,13 +16,13 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.asgi import send_json, send_response
+from app.asgi import route_path, send_json, send_response
 from app.errors import error_body, internal_error, service_error
 from app.exceptions import ServiceError
 from app.routes.generation import CLIENT_CLOSED, ClientGone, sample
 from app.schemas import SampleRequest
 
-SAMPLES_RE = re.compile(r"/v1/models/([^/]+)/samples$")
+SAMPLES_RE = re.compile(r"/v1/models/([^/]+)/samples")
 ROUTE = "/v1/models/{model}/samples"  # the route label in metrics and logs
 
 
@@ -51,16 +51,20 @@ class SamplesFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            m = SAMPLES_RE.search(scope["path"])
+            m = SAMPLES_RE.fullmatch(route_path(scope))
         if m is None or not _is_json(scope):
             await self.app(scope, receive, send)
             return
+        scope["latentserve.route"] = ROUTE
         chunks, more = [], True
         try:
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    return  # gone before the body arrived: nothing to answer
+                    # gone before its body arrived: nobody reads the answer, but the metrics and
+                    # the access log say 499 (client closed), as for a client gone while queued
+                    await send_response(send, CLIENT_CLOSED)
+                    return
                 chunks.append(message.get("body", b""))
                 more = message.get("more_body", False)
         except HTTPException as e:  # the body limit (app.middleware.BodyLimitMiddleware)
@@ -72,7 +76,6 @@ class SamplesFastPath:
         except ValidationError:
             await self.app(scope, _replay(body, receive), send)
             return
-        scope["latentserve.route"] = ROUTE
         try:
             rendered = await sample(self.state, scope, receive, m.group(1), request)
         except ClientGone:

@@ -164,6 +164,8 @@ class GenerationService:
             z = (slerp if method == "slerp" else lerp)(ends[0], ends[1], t).float().contiguous()
         except ValueError as e:  # slerp between opposite latents
             raise InvalidInput(f"{e}; use \"method\": \"lerp\" (through the origin)") from None
+        if not torch.isfinite(z).all():  # finite ends, but b - a overflowed float32 (e.g. 3e38 and -3e38)
+            raise InvalidInput("the frames' latents overflow float32 between these endpoints; use smaller latents")
         y = [resolve_label(model, label)] * steps
         pixels, batches = await self._generate(model, z, torch.tensor(y, dtype=torch.long))
         return Images(pixels, y, None, z.numpy(), batches)

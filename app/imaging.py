@@ -44,6 +44,19 @@ def gif_bytes(frames: np.ndarray, duration_ms: int = 100, scale: int = 1, loop: 
     return buf.getvalue()
 
 
+def declared_pixels(data: bytes) -> int:
+    """Width x height from the image's header, without decoding it; 0 when the header cannot be
+    read (decode_upload then says why)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression bomb's warning: decode_upload refuses it
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_upload reports it
+        return 0
+    return w * h
+
+
 def decode_upload(data: bytes, max_pixels: int, invert: bool = False) -> np.ndarray:
     """Any still image Pillow reads -> (28, 28) float32 in [0, 1], as Fashion-MNIST looks.
 

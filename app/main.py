@@ -49,7 +49,10 @@ async def _warm_up(app: FastAPI, registry: Registry, executor: ThreadPoolExecuto
     # in the middle of a batch's answers shows in the tail latency).
     gc.collect()
     gc.freeze()
-    state.ready = True
+    state.ready = True  # a worker serves what it still accepts while it stops; a single process drains (503)
+    if state.stopping:  # a shutdown began while it ran: the gauge stays at 0, as /readyz says "draining"
+        log.info("warm-up done during a shutdown: not marked ready")
+        return
     state.metrics.set_ready(True)
     log.info("ready: %s on %s", ", ".join(registry.models), registry.device)
 
@@ -71,6 +74,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         reg = registry if registry is not None else Registry.from_settings(settings)
         forward_executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
         state.png_executor = ThreadPoolExecutor(settings.png_threads, thread_name_prefix="png")
+        state.upload_executor = ThreadPoolExecutor(1, thread_name_prefix="upload")  # /encode's image decoding
         service = GenerationService(reg, settings, forward_executor, metrics)
         for batcher in service.batchers:
             batcher.start()
@@ -90,6 +94,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             await asyncio.gather(*(b.drain(settings.drain_timeout_s) for b in service.batchers))
             forward_executor.shutdown(wait=True)
             state.png_executor.shutdown(wait=True)
+            state.upload_executor.shutdown(wait=True)
 
     otel = settings.opentelemetry
     app = FastAPI(title="latentserve", version="0.1.0", lifespan=lifespan,

@@ -137,4 +137,11 @@ class HeadAsGetMiddleware:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, headers_only)
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, headers_only)
+        finally:
+            # what the router found, for the metrics and the access log of the outer layers
+            for key in ("route", "latentserve.route"):
+                if key in inner:
+                    scope[key] = inner[key]

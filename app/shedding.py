@@ -11,11 +11,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.asgi import send_json
+from app.asgi import route_path, send_json
 from app.errors import ERROR_TABLE, error_body
 from app.exceptions import QueueFull
 
-ROUTE_RE = re.compile(r"/v1/models/([^/]+)/(samples|samples\.png|decode|interpolate|encode)$")
+ROUTE_RE = re.compile(r"/v1/models/([^/]+)/(samples|samples\.png|decode|interpolate|encode)")
 TEMPLATE = "/v1/models/{model}/"
 STATUS, CODE = ERROR_TABLE[QueueFull]
 
@@ -31,7 +31,7 @@ class LoadShedMiddleware:
         if scope["type"] != "http" or service is None or scope["method"] not in ("POST", "GET"):
             await self.app(scope, receive, send)
             return
-        m = ROUTE_RE.search(scope["path"])
+        m = ROUTE_RE.fullmatch(route_path(scope))
         batcher = None
         if m is not None:
             model, op = m.groups()

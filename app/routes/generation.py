@@ -14,11 +14,12 @@ from typing import Annotated, Any, TypeVar
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
 
 from app import imaging
 from app.asgi import json_bytes
-from app.exceptions import InvalidInput, UnsupportedMediaType
+from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.generation import Images, label_spec
 from app.routes import ServiceDep, SettingsDep, live_service
 from app.schemas import (
@@ -53,8 +54,11 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
 
     async def watch() -> None:
         nonlocal gone
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # noqa: BLE001 - e.g. a GET's body over the limit: stop watching, the answer goes on
+            return
         gone = True
         task.cancel()
 
@@ -217,7 +221,10 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
                  invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
     m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await request.body()  # bounded by LATENTSERVE_MAX_UPLOAD_BYTES (BodyLimitMiddleware); kept for form()
+    try:
+        body = await request.body()  # bounded by LATENTSERVE_MAX_UPLOAD_BYTES (BodyLimitMiddleware); kept for form()
+    except ClientDisconnect:  # an upload abandoned half-way: the client's doing, not a 500
+        return Response(status_code=CLIENT_CLOSED)
     labels: list[str] = [] if label is None else [label]
     if ctype == "multipart/form-data":
         async with request.form(max_files=settings.max_images_per_request, max_fields=settings.max_images_per_request + 8) as form:
@@ -234,9 +241,14 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
     limit = settings.max_upload_pixels
 
     def decode_all() -> np.ndarray:
+        total = sum(imaging.declared_pixels(b) for b in blobs)  # headers only: refused before any decoding
+        if len(blobs) > 1 and total > limit:
+            raise PayloadTooLarge(f"{len(blobs)} images of {total} pixels in all exceed the limit of {limit} pixels "
+                                  "per request (LATENTSERVE_MAX_UPLOAD_PIXELS)")
         return np.stack([imaging.decode_upload(b, limit, invert) for b in blobs])
 
-    pixels = await in_png_pool(request, decode_all)
+    # in their own thread: a large upload never holds up the PNG encoding of other clients' answers
+    pixels = await asyncio.get_running_loop().run_in_executor(request.app.state.upload_executor, decode_all)
     parsed = [label_spec(v) for v in labels]
     spec = None if not parsed else (parsed[0] if len(parsed) == 1 else parsed)
     if spec is None:
