@@ -154,7 +154,7 @@ async def test_fast_path_and_shedding_match_whole_paths(app_client):
 
 
 async def test_fast_path_serves_under_a_root_path(app_factory, monkeypatch):
-    import app.fastpath as fastpath
+    from app import fastpath
 
     calls = []
     original = fastpath.sample
