@@ -14,7 +14,7 @@ import torch
 from app.batching import Batcher, BatcherMetrics
 from app.exceptions import InvalidInput, UnsupportedOperation
 from app.registry import Registry, ServedModel
-from app.schemas import Endpoint, LatentEndpoint
+from app.schemas import MAX_SEED, Endpoint, LatentEndpoint
 from app.settings import Settings
 from models.latents import lerp, seeded_latent, seeded_latents, slerp
 
@@ -109,7 +109,8 @@ class GenerationService:
         z, drawn = seeded_latents(seed, n, model.latent_dim, len(model.classes), truncation, labels=resolved is None)
         y = drawn if drawn is not None else torch.tensor(resolved, dtype=torch.long)
         pixels, batches = await self._generate(model, z, y)
-        return Images(pixels, y.tolist(), [seed + i for i in range(n)], z.numpy(), batches)
+        # image i's seed wraps as its latent's does (models.latents): a seed the API takes back
+        return Images(pixels, y.tolist(), [(seed + i) % (MAX_SEED + 1) for i in range(n)], z.numpy(), batches)
 
     def _latent_tensor(self, model: ServedModel, latents: list[list[float]]) -> torch.Tensor:
         for i, lat in enumerate(latents):

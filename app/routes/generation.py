@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope
@@ -37,6 +37,13 @@ T = TypeVar("T")
 CLIENT_CLOSED = 499  # nginx's code for "client closed request": logged and counted, never seen
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
+# a latent's length is the model's latent_dim: one example per shipped model (all zeros: the prior's mean)
+DECODE_EXAMPLES = {
+    "fashion-vae": {"summary": "fashion-vae (latent_dim 16)",
+                    "value": {"latents": [[0.0] * 16], "labels": "Dress", "format": "png", "scale": 4}},
+    "fashion-gan": {"summary": "fashion-gan (latent_dim 64)",
+                    "value": {"latents": [[0.0] * 64], "labels": "Sneaker", "format": "png", "scale": 4}},
+}
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG (one image, or a grid for n > 1)"}}
 PNG_OR_JSON = {200: {"content": {"image/png": {}, "application/json": {"schema": ImagesResponse.model_json_schema()}},
                      "description": "image/png for format=png, JSON for format=json"}}
@@ -199,7 +206,8 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
 
 
 @router.post("/decode", summary="Images from given latents", responses={**PNG_OR_JSON, **ERRORS})
-async def decode(model: str, body: DecodeRequest, request: Request, service: ServiceDep) -> Response:
+async def decode(model: str, body: Annotated[DecodeRequest, Body(openapi_examples=DECODE_EXAMPLES)], request: Request,
+                 service: ServiceDep) -> Response:
     m = service.registry.get(model)
     try:
         images = await unless_disconnected(request.receive, service.decode(model, body.latents, body.labels))
@@ -249,6 +257,7 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
 
     # in their own thread: a large upload never holds up the PNG encoding of other clients' answers
     pixels = await asyncio.get_running_loop().run_in_executor(request.app.state.upload_executor, decode_all)
+    request.state.log = {"model": model, "rows": len(pixels)}  # for the access log line
     parsed = [label_spec(v) for v in labels]
     spec = None if not parsed else (parsed[0] if len(parsed) == 1 else parsed)
     if spec is None:

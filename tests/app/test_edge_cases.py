@@ -231,3 +231,20 @@ async def test_warm_up_that_ends_during_a_shutdown_leaves_the_ready_gauge_at_0(a
         text = (await client.get("/metrics")).text
         assert "latentserve_ready 0.0" in text
         assert (await client.get("/readyz")).json()["status"] == "draining"
+
+
+async def test_seeds_past_2_to_the_32_are_reported_wrapped(client):
+    """Image i's latent comes from seed (s + i) mod 2**32; JSON reported s + i unwrapped, a seed
+    the API refuses (422) when sent back."""
+    r = await client.post(f"{GAN}/samples", json={"n": 2, "seed": 2**32 - 1, "format": "json"})
+    assert r.status_code == 200
+    images = r.json()["images"]
+    assert [im["seed"] for im in images] == [2**32 - 1, 0]
+    again = (await client.post(f"{GAN}/samples", json={"seed": 0, "format": "json"})).json()["images"][0]
+    assert again["png_base64"] == images[1]["png_base64"]
+
+
+async def test_openapi_has_a_decode_example_for_each_latent_size(client):
+    spec = (await client.get("/openapi.json")).json()
+    examples = spec["paths"]["/v1/models/{model}/decode"]["post"]["requestBody"]["content"]["application/json"]["examples"]
+    assert {name: len(ex["value"]["latents"][0]) for name, ex in examples.items()} == {"fashion-vae": 16, "fashion-gan": 64}

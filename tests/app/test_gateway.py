@@ -106,9 +106,12 @@ async def test_access_log_line_carries_request_id_model_rows_batch_and_forwarded
     access.addHandler(handler)
     old_level = access.level
     access.setLevel(logging.INFO)
+    png = (await client.get("/v1/models/tiny-vae/samples.png", params={"seed": 1})).content
     try:
         r = await client.post(f"{GAN}/samples", json={"n": 3, "seed": 1},
                               headers={"X-Request-ID": "req-42", "X-Forwarded-For": "203.0.113.9"})
+        e = await client.post("/v1/models/tiny-vae/encode", params={"label": 1}, content=png,
+                              headers={"content-type": "image/png"})
     finally:
         access.removeHandler(handler)
         access.setLevel(old_level)
@@ -118,6 +121,10 @@ async def test_access_log_line_carries_request_id_model_rows_batch_and_forwarded
     assert line["request_id"] == "req-42" and line["status"] == 200 and line["method"] == "POST"
     assert line["model"] == "tiny-gan" and line["rows"] == 3 and len(line["batch"]) >= 1
     assert line["client"] == "203.0.113.9" and line["latency_ms"] > 0
+    assert e.status_code == 200
+    (rec,) = [x for x in records if getattr(x, "path", "") == "/v1/models/tiny-vae/encode"]
+    line = json.loads(JsonFormatter().format(rec))
+    assert line["model"] == "tiny-vae" and line["rows"] == 1 and line["status"] == 200
 
 
 def test_trusted_proxy_answers_are_cached_within_a_bound():
