@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from models.classifier import Classifier, ClassifierConfig
 from models.data import CLASS_NAMES, IMAGE_SHAPE
@@ -114,7 +114,8 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
     weights = card_path.parent / Path(card["weights_file"]).name  # never leave the card's folder
     if not weights.is_file():
         raise ModelLoadError(f"{weights}: weights file not found (named by {card_path})")
-    digest = sha256_file(weights)
+    data = weights.read_bytes()  # hashed and parsed from the same bytes: the file cannot change in between
+    digest = hashlib.sha256(data).hexdigest()
     if digest != card["sha256"]:
         raise ModelLoadError(f"{weights}: sha256 {digest[:16]}... does not match the card's {str(card['sha256'])[:16]}...")
     try:
@@ -129,7 +130,7 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
     if len(classes) != num_classes:  # a label past the embedding would fail a whole shared batch
         raise ModelLoadError(f"{card_path}: {len(classes)} classes named for a model of num_classes={num_classes}")
     try:
-        tensors = load_file(str(weights))
+        tensors = load(data)
     except (SafetensorError, OSError) as e:
         raise ModelLoadError(f"{weights}: not a valid safetensors file ({e})") from e
     expected = module.state_dict()
@@ -139,6 +140,10 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
     for key, t in tensors.items():
         if t.shape != expected[key].shape:
             raise ModelLoadError(f"{weights}: tensor {key} has shape {tuple(t.shape)}, the config needs {tuple(expected[key].shape)}")
+        if t.dtype != expected[key].dtype:  # load_state_dict would cast it without a word
+            raise ModelLoadError(f"{weights}: tensor {key} is {t.dtype}, the model needs {expected[key].dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelLoadError(f"{weights}: tensor {key} holds NaN or infinite values")
     module.load_state_dict(tensors, strict=True)
     module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return module, card

@@ -252,6 +252,27 @@ def test_truncated_safetensors_with_matching_sha(saved_gan, keep):
         load_model(card_path)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t.double(), r"is torch.float64, the model needs torch.float32"),
+    (lambda t: t.half(), r"is torch.float16, the model needs torch.float32"),
+    (lambda t: torch.full_like(t, float("nan")), r"holds NaN or infinite values"),
+    (lambda t: torch.full_like(t, float("inf")), r"holds NaN or infinite values"),
+])
+def test_tensors_of_another_dtype_or_not_finite_are_refused(saved_gan, change, message):
+    """load_state_dict cast float64 or float16 tensors silently, and NaN weights loaded (a model
+    that serves black images); the card's sha256 matches, so only these checks catch them."""
+    from safetensors.torch import load_file, save_file
+
+    card_path, weights, _ = saved_gan
+    tensors = load_file(str(weights))
+    key = next(k for k, t in tensors.items() if t.is_floating_point())
+    tensors[key] = change(tensors[key])
+    save_file(tensors, str(weights))
+    edit_card(card_path, sha256=sha256_file(weights))
+    with pytest.raises(ModelLoadError, match=rf"tensor {key} {message}"):
+        load_model(card_path)
+
+
 def test_channels_last_only_on_a_cpu():
     conv = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3))
     assert channels_last_on_cpu(conv, torch.device("cuda")) is False  # left as loaded
