@@ -5,7 +5,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+
+
+def _stop_before_serving(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # 143: the status of a process that SIGTERM ended
+
+
+# Until uvicorn installs its handlers, SIGTERM must stop the process as its default action would:
+# as a container's PID 1 (the image's entrypoint, with no init) the kernel drops a signal that has
+# no handler, so a pod deleted while its models load would load, serve and be SIGKILLed at the
+# end of its grace period. Installed before anything slow is imported.
+signal.signal(signal.SIGTERM, _stop_before_serving)
 
 # OpenMP's default makes torch's idle worker threads spin after every parallel region, taking
 # the cores the event loop and PNG encoders need between forward passes: passive waiting gave

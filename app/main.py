@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from app.middleware import (
 from app.openapi import tailored_openapi
 from app.registry import Registry
 from app.routes import generation, health, models
+from app.serving import ACCEPT_GRACE_S, BATCH_DRAIN_FLOOR_S
 from app.settings import Settings
 from app.shedding import LoadShedMiddleware
 
@@ -91,7 +93,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             state.ready = False
             metrics.set_ready(False)
             warm.cancel()
-            await asyncio.gather(*(b.drain(settings.drain_timeout_s) for b in service.batchers))
+            # one budget for the whole stop: the requests had DRAIN_TIMEOUT_S (app.serving), so the
+            # batches get what is left of it; their rows are mostly done or dropped by now
+            budget = settings.drain_timeout_s
+            started = getattr(state, "stop_started", None)
+            if started is not None:
+                budget = max(BATCH_DRAIN_FLOOR_S, ACCEPT_GRACE_S + budget - (time.monotonic() - started))
+            await asyncio.gather(*(b.drain(budget) for b in service.batchers))
             forward_executor.shutdown(wait=True)
             state.png_executor.shutdown(wait=True)
             state.upload_executor.shutdown(wait=True)

@@ -17,6 +17,15 @@ from app.settings import Settings
 # at shutdown, how long a connection with no request in flight (accepted a moment before, or kept
 # alive after an answer) may take to send one
 ACCEPT_GRACE_S = 1.0
+# after the requests' drain, the batches get what is left of DRAIN_TIMEOUT_S, and at least this
+BATCH_DRAIN_FLOOR_S = 1.0
+
+
+def stop_budget_s(drain_timeout_s: float) -> float:
+    """The longest a process takes to stop after SIGTERM: the accept grace, then its requests
+    (``DRAIN_TIMEOUT_S``), then its batches with what is left of that (at least BATCH_DRAIN_FLOOR_S,
+    for the pass in flight)."""
+    return ACCEPT_GRACE_S + drain_timeout_s + BATCH_DRAIN_FLOOR_S
 
 
 class StartupError(Exception):
@@ -82,6 +91,7 @@ class DrainingServer(uvicorn.Server):
         app = self._get_app()
         if app is not None:  # here, on the event loop, not in the signal handler (handle_exit)
             app.state.metrics.set_ready(False)
+            app.state.stop_started = time.monotonic()  # the lifespan drains the batches with what is left
         # Stop accepting, then give the connections that may still send a request a moment to
         # send it: uvicorn closes a connection with no request in flight at once, and a client
         # that sent one just then sees a disconnect with no answer. That is a connection

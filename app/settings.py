@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     models: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma list; empty = every gan/vae card in weights_dir")
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    torch_threads: int = Field(0, ge=0, description="intra-op threads for torch; 0 = torch's default")
+    torch_threads: int = Field(0, ge=0, le=1024, description="intra-op threads for torch; 0 = torch's default "
+                               "(100,000 crashed the process and exhausted the host's process table)")
     torchscript: bool = Field(True, description="run each forward pass as one frozen TorchScript graph, without the "
                               "GIL (kept only where its pixels equal eager mode's bit for bit)")
     channels_last: bool = Field(True, description="on a CPU, convolution weights in channels-last (NHWC) layout, "

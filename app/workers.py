@@ -60,6 +60,7 @@ from app.serving import (
     StartupError,
     build_app,
     prepare_process,
+    stop_budget_s,
     uvicorn_config,
 )
 from app.settings import Settings
@@ -68,7 +69,7 @@ log = logging.getLogger("latentserve")
 
 HANG_S = 10.0  # an event loop that has not ticked for this long is hung
 START_S = 300.0  # longest a SIGHUP replacement may take to load and warm up
-JOIN_MARGIN_S = 10.0  # past its two drain timeouts (requests, then batches), a stopping worker is killed
+JOIN_MARGIN_S = 5.0  # past its drain budget (app.serving.stop_budget_s), a stopping worker is killed
 STARTING_STOP_S = 2.0  # a worker still starting when told to stop is killed after this
 METRICS_LOCK = "supervisor.lock"  # held by the supervisor whose folder it is, for as long as it runs
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -85,9 +86,15 @@ def worker_app() -> Any:
     from app.logs import configure_logging
     from app.main import create_app
 
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings, warm_before_serving=True)
+    try:
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_format)
+        app = create_app(settings, warm_before_serving=True)
+    except Exception as e:  # noqa: BLE001 - e.g. the API keys file gone since the supervisor checked it
+        # uvicorn would restart a worker whose factory raised, forever; its start-up failure
+        # status stops them all, as a failed warm-up does
+        log.error("latentserve: worker %s cannot build the app: %s", os.getpid(), e)
+        sys.exit(STARTUP_FAILURE)
     _app = app
     return app
 
@@ -126,13 +133,20 @@ class WorkerProcess(multiprocess.Process):
             self.served = True
         return started
 
+    def refresh_served(self) -> None:
+        """Ask once more whether it has started: the supervisor's pings run in its main loop, and
+        a SIGHUP restart or a SIGTERM is handled there too, so ``served`` can lag. One that took
+        connections since the last ping must drain in full, not be killed as still starting."""
+        if not self.served and self.process.is_alive():
+            self.is_ready(timeout=1)
+
     def stop_timeout_s(self) -> float:
         """How long a worker told to stop may take before it is killed. One that has served
         drains its requests, then its batches. One still starting never serves once told to
         stop (uvicorn returns right after start-up), so killing it loses nothing."""
         if not self.served:
             return STARTING_STOP_S
-        return 2 * (self.config.timeout_graceful_shutdown or 0.0) + JOIN_MARGIN_S
+        return stop_budget_s(self.config.timeout_graceful_shutdown or 0.0) + JOIN_MARGIN_S
 
     def join(self, deadline: float | None = None) -> None:
         """Wait for a worker told to stop until ``deadline`` (default: its stop timeout from
@@ -154,7 +168,9 @@ class WorkerProcess(multiprocess.Process):
     def stopped_cleanly(self) -> bool:
         """Drained and exited 0, or stopped before it ever served (nothing to drain): killed by
         the SIGTERM before it could handle it, or killed while still starting."""
-        return self.exitcode == 0 or (not self.served and self.exitcode in (-signal.SIGTERM, -signal.SIGKILL))
+        # 128 + SIGTERM: app.__main__'s handler, which a spawned worker has until uvicorn's own
+        return self.exitcode == 0 or (not self.served and self.exitcode in (-signal.SIGTERM, -signal.SIGKILL,
+                                                                            128 + signal.SIGTERM))
 
     def target(self, sockets: list[socket] | None = None) -> None:  # pragma: no cover - runs in a worker
         prepare_process()
@@ -192,6 +208,8 @@ class Supervisor(multiprocess.Multiprocess):
 
     def handle_ttou(self) -> None:
         if not self.stop_requested():
+            if len(self.processes) > 1:
+                self.processes[-1].refresh_served()  # the one uvicorn takes away
             super().handle_ttou()
 
     def restart_all(self) -> None:
@@ -210,14 +228,14 @@ class Supervisor(multiprocess.Multiprocess):
                     log.error("worker %s was not ready in time; keeping worker %s and abandoning the restart",
                               new_process.pid, old_process.pid)
                 return
+            old_process.refresh_served()
             old_process.terminate()
             old_process.join()
             self.processes[idx] = new_process
 
     def terminate_all(self) -> None:
         for process in self.processes:
-            if not process.served and process.process.is_alive():
-                process.is_ready(timeout=1)  # started since the last ping? then it drains in full
+            process.refresh_served()
         super().terminate_all()
         # The workers stop accepting as they drain; the supervisor's own copy of the listening
         # socket would keep the port listening, so that new connections waited in its backlog
@@ -318,7 +336,12 @@ def run_workers(settings: Settings) -> int:
     # in a spawned child: the supervisor stays small (no torch) for as long as the service runs
     checker = multiprocessing.get_context("spawn").Process(target=_check_models_and_exit, args=(settings,))
     checker.start()
-    checker.join()
+    try:
+        checker.join()
+    except SystemExit:  # SIGTERM while the models are checked (app.__main__): stop the check too
+        checker.terminate()
+        checker.join()
+        raise
     if checker.exitcode:
         return checker.exitcode if checker.exitcode in (1, 2) else 1
     remove_stale_metrics_dirs(Path(tempfile.gettempdir()))

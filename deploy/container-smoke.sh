@@ -18,22 +18,28 @@ echo "== wheels for an offline build (host)"
 # dependencies (torch pinned to the CPU build) and the build backend
 "$PY" -m pip wheel --quiet --wheel-dir wheels "torch==2.13.0" setuptools wheel .
 echo "== build (no network inside)"
+# wheels/ switches the Dockerfile to offline installs: left there (a failed build included), a
+# later CUDA build would take this CPU torch instead of TORCH_INDEX_URL's
+CID=
+trap 'rm -f wheels/*.whl; if [ -n "$CID" ]; then podman rm -f "$CID" >/dev/null 2>&1 || true; fi' EXIT
 podman build --pull=never --network=none --build-arg BASE_IMAGE="$BASE" -t "$TAG" .
-# wheels/ switches the Dockerfile to offline installs: left there, a later CUDA build would take
-# this CPU torch instead of TORCH_INDEX_URL's
 rm -f wheels/*.whl
 echo "== run"
 CID=$(podman run -d --init -p 127.0.0.1:$PORT:8000 "$TAG")
-trap 'podman rm -f "$CID" >/dev/null 2>&1 || true' EXIT
 for i in $(seq 1 120); do
     if curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1; then break; fi
     sleep 1
 done
 curl -fsS "http://127.0.0.1:$PORT/readyz"; echo
 curl -fsS -o /tmp/smoke.png "http://127.0.0.1:$PORT/v1/models/fashion-gan/samples.png?seed=1&label=Bag"
-file /tmp/smoke.png | grep -q "PNG image data, 28 x 28" && echo "PNG ok"
-curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^latentserve_ready 1.0' && echo "metrics ok"
-[ "$(podman inspect -f '{{.Config.User}}' "$CID")" = "10001" ] && echo "non-root ok"
+# each check fails the script: under set -e, a failing command before && does not
+fail() { echo "FAILED: $1"; exit 1; }
+file /tmp/smoke.png | grep -q "PNG image data, 28 x 28" || fail "not a 28x28 PNG"
+echo "PNG ok"
+curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^latentserve_ready 1.0' || fail "not ready in /metrics"
+echo "metrics ok"
+[ "$(podman inspect -f '{{.Config.User}}' "$CID")" = "10001" ] || fail "the container does not run as uid 10001"
+echo "non-root ok"
 podman kill --signal TERM "$CID" >/dev/null
 STATUS=$(podman wait "$CID")
 echo "exit status after SIGTERM: $STATUS"

@@ -11,7 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from app.serving import stop_budget_s
 from app.settings import Settings
+from app.workers import JOIN_MARGIN_S
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
@@ -48,6 +50,8 @@ def test_probes_and_grace_period_cover_the_drain(deployment: dict):
     assert command[0] == "sleep" and len(command) == 2
     pre_stop = float(command[1])
     assert pod["terminationGracePeriodSeconds"] > drain + pre_stop
+    # the supervisor kills a stuck worker (exit 1) before the kubelet's SIGKILL does
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + stop_budget_s(drain) + JOIN_MARGIN_S
     assert c["readinessProbe"]["timeoutSeconds"] > 1 and c["livenessProbe"]["timeoutSeconds"] > 1
     assert "cpu" in c["resources"]["requests"]
     for name in env:

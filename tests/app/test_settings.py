@@ -128,6 +128,7 @@ def _errors(monkeypatch, **env: str) -> tuple[ValidationError, str]:
     ({"request_timeout_s": "0"}, "LATENTSERVE_REQUEST_TIMEOUT_S", "'0'"),
     ({"log_level": "loud"}, "LATENTSERVE_LOG_LEVEL", "'loud'"),
     ({"max_upload_pixels": "100"}, "LATENTSERVE_MAX_UPLOAD_PIXELS", "'100'"),
+    ({"torch_threads": "100000"}, "LATENTSERVE_TORCH_THREADS", "'100000'"),
     ({"device": "cuda:\u00b2"}, "LATENTSERVE_DEVICE", "must be auto, cpu, cuda, cuda:N or mps"),
     ({"forwarded_allow_ips": "10.0.0.0/8,localhost"}, "LATENTSERVE_FORWARDED_ALLOW_IPS",
      "'localhost' is not an IP address or network"),
