@@ -10,6 +10,7 @@ import sys
 
 
 def _stop_before_serving(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # once: a second SIGTERM would interrupt the exit itself
     raise SystemExit(128 + signum)  # 143: the status of a process that SIGTERM ended
 
 

@@ -109,7 +109,8 @@ class GenerationService:
         z, drawn = seeded_latents(seed, n, model.latent_dim, len(model.classes), truncation, labels=resolved is None)
         y = drawn if drawn is not None else torch.tensor(resolved, dtype=torch.long)
         pixels, batches = await self._generate(model, z, y)
-        # image i's seed wraps as its latent's does (models.latents): a seed the API takes back
+        # image i's seed wraps at 2**32 as its latent does (torch's CPU generator seeds from the
+        # low 32 bits): reported so, it is a seed the API takes back
         return Images(pixels, y.tolist(), [(seed + i) % (MAX_SEED + 1) for i in range(n)], z.numpy(), batches)
 
     def _latent_tensor(self, model: ServedModel, latents: list[list[float]]) -> torch.Tensor:

@@ -168,7 +168,9 @@ class WorkerProcess(multiprocess.Process):
     def stopped_cleanly(self) -> bool:
         """Drained and exited 0, or stopped before it ever served (nothing to drain): killed by
         the SIGTERM before it could handle it, or killed while still starting."""
-        # 128 + SIGTERM: app.__main__'s handler, which a spawned worker has until uvicorn's own
+        # 128 + SIGTERM: app.__main__'s handler, which a spawned worker has until uvicorn's own when
+        # the service runs as the `latentserve` script (the image's entrypoint; with `python -m app`,
+        # spawn does not re-run a package's __main__ in its children)
         return self.exitcode == 0 or (not self.served and self.exitcode in (-signal.SIGTERM, -signal.SIGKILL,
                                                                             128 + signal.SIGTERM))
 

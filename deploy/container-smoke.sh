@@ -13,15 +13,15 @@ PY=${PYTHON:-python3}
 # this project's machines build the local base image with a shared helper; elsewhere pull one and
 # pass it: BASE_IMAGE=docker.io/library/python:3.11-slim bash deploy/container-smoke.sh
 if [ -f ../shared/tools/podman-base-image.sh ]; then bash ../shared/tools/podman-base-image.sh; fi
+# wheels/ switches the Dockerfile to offline installs: left there (by a failed download or build
+# too), a later CUDA build would take this CPU torch instead of TORCH_INDEX_URL's
+CID=
+trap 'rm -f wheels/*.whl; if [ -n "$CID" ]; then podman rm -f "$CID" >/dev/null 2>&1 || true; fi' EXIT
 echo "== wheels for an offline build (host)"
 # the base image's python is Debian bookworm's 3.11, like the host's: wheels for the project, its
 # dependencies (torch pinned to the CPU build) and the build backend
 "$PY" -m pip wheel --quiet --wheel-dir wheels "torch==2.13.0" setuptools wheel .
 echo "== build (no network inside)"
-# wheels/ switches the Dockerfile to offline installs: left there (a failed build included), a
-# later CUDA build would take this CPU torch instead of TORCH_INDEX_URL's
-CID=
-trap 'rm -f wheels/*.whl; if [ -n "$CID" ]; then podman rm -f "$CID" >/dev/null 2>&1 || true; fi' EXIT
 podman build --pull=never --network=none --build-arg BASE_IMAGE="$BASE" -t "$TAG" .
 rm -f wheels/*.whl
 echo "== run"

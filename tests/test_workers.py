@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
-from bench.servers import child_pythonpath, is_worker, worker_pids
+from bench.servers import child_pythonpath, children_map, is_worker, worker_pids
 from tests.test_e2e import start_server, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -576,12 +577,15 @@ def test_a_worker_whose_app_cannot_be_built_stops_them_all(tiny_weights: Path, t
             proc.wait(10)
 
 
-@pytest.mark.parametrize("workers_n", ["1", "2"])
-def test_sigterm_while_the_models_load_stops_the_process(tiny_weights: Path, tmp_path: Path, workers_n: str):
+@pytest.mark.parametrize("workers_n, script", [("1", False), ("2", False), ("2", True)],
+                         ids=["python -m app", "python -m app, 2 workers", "latentserve script, 2 workers"])
+def test_sigterm_while_the_models_load_stops_the_process(tiny_weights: Path, tmp_path: Path, workers_n: str, script: bool):
     """Until uvicorn installs its handlers SIGTERM had its default action, which the kernel does
     not apply to a container's PID 1: a pod deleted while loading went on to serve until its
-    SIGKILL. A handler from the first line of main() stops it with 143, as that action would
-    (which here, outside PID 1, ended the process by the signal itself: returncode -15)."""
+    SIGKILL. A handler from the first lines of app.__main__ stops it with 143, as that action
+    would (which here, outside PID 1, ended the process by the signal itself: returncode -15).
+    With workers, the models are checked in a child first: it stops too. The image runs the
+    ``latentserve`` script, whose spawned children get the handler as well."""
     marker = tmp_path / "loading"
     path = patch_workers(tmp_path, "import time\n"
                                    "load = registry.Registry.from_settings.__func__\n"
@@ -590,15 +594,27 @@ def test_sigterm_while_the_models_load_stops_the_process(tiny_weights: Path, tmp
                                    "    time.sleep(60)\n"
                                    "    return load(cls, *args, **kwargs)\n"
                                    "registry.Registry.from_settings = classmethod(slow)")
-    proc, _ = start_server(tiny_weights, LATENTSERVE_WORKERS=workers_n, PYTHONPATH=path)
+    if script:
+        env = {**os.environ, "PYTHONPATH": path, "LATENTSERVE_WEIGHTS_DIR": str(tiny_weights), "LATENTSERVE_PORT": "0",
+               "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_TORCH_THREADS": "1", "LATENTSERVE_LOG_LEVEL": "warning",
+               "LATENTSERVE_WORKERS": workers_n}
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "latentserve")], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    else:
+        proc, _ = start_server(tiny_weights, LATENTSERVE_WORKERS=workers_n, PYTHONPATH=path)
     try:
         wait_for(marker.exists)
+        checking = [pid for pid in children_map().get(proc.pid, []) if is_worker(pid)]  # the model check's child
+        assert len(checking) == (1 if workers_n == "2" else 0)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(20)
         except subprocess.TimeoutExpired:
             raise AssertionError("SIGTERM while loading did not stop the process") from None
-        assert code == 128 + signal.SIGTERM, proc.stdout.read()
+        out = proc.stdout.read()
+        assert code == 128 + signal.SIGTERM, out
+        assert "Exception ignored" not in out, out
+        wait_for(lambda: not any(is_worker(pid) for pid in checking), timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
