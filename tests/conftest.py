@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -75,3 +76,35 @@ async def client(app_factory) -> AsyncIterator[httpx.AsyncClient]:
 async def app_client(app_factory):
     async with app_factory() as pair:
         yield pair
+
+
+@pytest.fixture
+def warm_up_gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Registry.warm_up waits (up to 10 s) until the returned event is set."""
+    from app.registry import Registry
+
+    gate = threading.Event()
+    original = Registry.warm_up
+
+    def slow_warm_up(self):
+        gate.wait(10)
+        original(self)
+
+    monkeypatch.setattr(Registry, "warm_up", slow_warm_up)
+    return gate
+
+
+@pytest.fixture
+def fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per request that app.fastpath served (its call of ``sample``)."""
+    from app import fastpath
+
+    calls: list[int] = []
+    original = fastpath.sample
+
+    async def counting(*args, **kwargs):
+        calls.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "sample", counting)
+    return calls

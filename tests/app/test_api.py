@@ -589,17 +589,8 @@ async def test_failed_warm_up_is_fatal_and_readiness_says_failed(app_factory, mo
         assert not app.state.ready
 
 
-async def test_readiness_is_503_until_warm_up_ends(app_factory, monkeypatch):
-    from app.registry import Registry
-
-    gate = threading.Event()
-    original = Registry.warm_up
-
-    def slow_warm_up(self):
-        gate.wait(10)
-        original(self)
-
-    monkeypatch.setattr(Registry, "warm_up", slow_warm_up)
+async def test_readiness_is_503_until_warm_up_ends(app_factory, warm_up_gate):
+    gate = warm_up_gate
     async with app_factory(wait_ready=False) as (app, client):
         r = await client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "starting"

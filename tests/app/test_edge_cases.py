@@ -153,17 +153,8 @@ async def test_fast_path_and_shedding_match_whole_paths(app_client):
         del batcher.saturated
 
 
-async def test_fast_path_serves_under_a_root_path(app_factory, monkeypatch):
-    from app import fastpath
-
-    calls = []
-    original = fastpath.sample
-
-    async def counting(*args, **kwargs):
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(fastpath, "sample", counting)
+async def test_fast_path_serves_under_a_root_path(app_factory, fast_path_calls):
+    calls = fast_path_calls
     async with app_factory(root_path="/gen") as (app, _):
         transport = httpx.ASGITransport(app=app, root_path="/gen")
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -209,17 +200,8 @@ async def test_an_unreadable_body_does_not_stop_the_answer(app_factory):
         assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200]
 
 
-async def test_warm_up_that_ends_during_a_shutdown_leaves_the_ready_gauge_at_0(app_factory, monkeypatch):
-    from app.registry import Registry
-
-    gate = threading.Event()
-    original = Registry.warm_up
-
-    def slow_warm_up(self):
-        gate.wait(10)
-        original(self)
-
-    monkeypatch.setattr(Registry, "warm_up", slow_warm_up)
+async def test_warm_up_that_ends_during_a_shutdown_leaves_the_ready_gauge_at_0(app_factory, warm_up_gate):
+    gate = warm_up_gate
     async with app_factory(wait_ready=False) as (app, client):
         app.state.stopping = True  # what the server's signal handler sets
         gate.set()
