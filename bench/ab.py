@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -94,13 +95,17 @@ def source_tree(revision: str) -> Iterator[Path]:
 
 
 def summary(a: list[float], b: list[float]) -> dict:
-    """Medians of each side's rounds, B / A (None when A served nothing), and the rounds B served
-    more in (same round index). Only rounds both sides completed count."""
+    """Medians of each side's rounds, B / A (the ratio of the medians; None when A served
+    nothing), the median of the rounds' own B / A (each round's two runs are minutes apart at
+    most), and the rounds B served more in (same round index). Only rounds both sides completed
+    count."""
     a, b = a[:len(b)], b[:len(a)]
     if not a:
-        return {"median_a": None, "median_b": None, "ratio_b_a": None, "b_won": 0, "rounds": 0}
+        return {"median_a": None, "median_b": None, "ratio_b_a": None, "median_round_ratio": None, "b_won": 0, "rounds": 0}
     ma, mb = statistics.median(a), statistics.median(b)
+    per_round = [y / x for x, y in zip(a, b) if x]
     return {"median_a": ma, "median_b": mb, "ratio_b_a": mb / ma if ma else None,
+            "median_round_ratio": statistics.median(per_round) if per_round else None,
             "b_won": sum(y > x for x, y in zip(a, b)), "rounds": len(a)}
 
 
@@ -135,15 +140,18 @@ def main(argv: list[str] | None = None) -> int:
                 sides[side].start()
             for server in sides.values():
                 server.wait_ready()
+                server.measure_idle_cpu()
                 if args.warmup:
                     loadgen.run_wrk(wrk, server.url, load, args.warmup, seed_base=0)
             for i in range(args.rounds):
                 for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
                     server = sides[side]
-                    c0 = server.cpu_seconds()
+                    for other in sides.values():  # what the last run left (dropped connections' passes) ends first
+                        other.wait_idle()
+                    c0, t0 = server.cpu_seconds(), time.perf_counter()
                     r = loadgen.run_wrk(wrk, server.url, load, args.duration, seed_base=(i + 1) * 1_000_000)
                     r["ok_per_s"] = r["img_per_s"] / args.n  # answers with status < 400
-                    r["server_cpu_pct"] = 100.0 * (server.cpu_seconds() - c0) / r["duration_s"]
+                    r["server_cpu_pct"] = 100.0 * (server.cpu_seconds() - c0) / (time.perf_counter() - t0)
                     rounds[side].append(r)
                     print(f"round {i + 1} {side}: {r['ok_per_s']:8.1f} req/s  p99 {r['p99_ms']:7.2f} ms  "
                           f"non-2xx {r['non_2xx']}  socket errors {r['socket_errors']}  "
@@ -169,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{side} ({what}): {rates or '-'} req/s, median {'n/a' if median is None else f'{median:.1f}'}"
               + (f"; {errors[side]} errors (non-2xx or socket): not comparable" if errors[side] else ""))
     ratio = result["ratio_b_a"]
-    print(f"B / A = {'n/a' if ratio is None else f'{ratio:.3f}'}; B served more in {result['b_won']} of "
+    per_round = result["median_round_ratio"]
+    print(f"B / A = {'n/a' if ratio is None else f'{ratio:.3f}'} (median of the rounds' own B / A: "
+          f"{'n/a' if per_round is None else f'{per_round:.3f}'}); B served more in {result['b_won']} of "
           f"{result['rounds']} rounds")
     return 1 if any(errors.values()) or result["rounds"] < args.rounds else 0
 

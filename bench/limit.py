@@ -13,26 +13,33 @@ from pathlib import Path
 import torch
 
 from app.imaging import png_bytes
-from app.registry import Registry, ServedModel
+from app.registry import Registry, ServedModel, bucket_sizes
 from app.settings import Settings
 
 BATCH_SIZES = (1, 8, 32, 64, 128, 256)
 
 
 def load(weights_dir: Path, model: str, device: str, torch_threads: int, max_rows: int = 256,
-         channels_last: bool = True) -> ServedModel:
+         channels_last: bool = True, server_max_rows: int | None = None) -> ServedModel:
     """The served model as latentserve builds it, with every power of two up to max_rows a bucket
     (min_batch_rows=1), so a batch of B runs as a pass of exactly B rows. Every field that matters
-    is given here, so no LATENTSERVE_* variable of this environment changes it."""
+    is given here, so no LATENTSERVE_* variable of this environment changes it.
+
+    ``server_buckets`` is what the server pads to: the shapes its warm-up calibration keeps with
+    its own ``MAX_BATCH_ROWS`` (``server_max_rows``; the setting's default when None). On a CPU
+    that is every power of two; on a GPU only the top one or few (docs/benchmarks.md)."""
     settings = Settings(weights_dir=weights_dir, models=[model], device=device, dtype="float32",
                         torch_threads=torch_threads, min_batch_rows=1, max_batch_rows=max_rows,
                         channels_last=channels_last)
     registry = Registry.from_settings(settings)
     served = registry.get(model)
     every_size = list(served.buckets)
-    registry.warm_up()  # calibrates: keeps the shapes whose rows match the largest, as the server does
-    served.calibrated_min_rows = served.buckets[0]  # what a lone request is padded to in the server
-    served.buckets = every_size  # measure every batch size as an exact pass
+    registry.warm_up()  # builds the TorchScript pass, as the server's warm-up does
+    top = bucket_sizes(1, server_max_rows or Settings.model_fields["max_batch_rows"].default)[-1]
+    served.buckets = [b for b in every_size if b <= top]
+    served.server_buckets = served.calibrate()  # the shapes the server keeps, from its own largest
+    served.calibrated_min_rows = served.server_buckets[0]  # what a lone request is padded to in the server
+    served.buckets = sorted(set(every_size) | set(served.server_buckets))  # every batch size as an exact pass
     return served
 
 
@@ -66,7 +73,7 @@ def _rate(fn: Callable[[], None], images: int, seconds: float, repeats: int) -> 
 
 
 def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, repeats: int = 3,
-            png_level: int = 1, server_min_rows: int = 8, log: Callable[[str], None] = print) -> dict:
+            png_level: int = 1, log: Callable[[str], None] = print) -> dict:
     g = torch.Generator().manual_seed(0)
     rows = []
     for b in batch_sizes:
@@ -88,23 +95,48 @@ def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, r
                      "forward_ms_per_pass": 1e3 * b / fwd, "forward_png_ms_per_pass": 1e3 * b / full,
                      "png_us_per_image": 1e6 / png, "runs_forward": fwd_runs, "runs_forward_png": full_runs})
         log(f"  limit batch {b:>3}: forward {fwd:9.1f} img/s   forward+png {full:9.1f} img/s")
-
-    # What latentserve does for a lone one-image request: a pass padded to its smallest bucket.
-    z1, y1 = _inputs(model, server_min_rows, g)
-
-    def lone_request() -> None:
-        png_bytes(model.generate_rows(z1, y1)[0], 1, png_level)
-
-    lone, _ = _rate(lone_request, 1, seconds, repeats)
-    single = {"padded_rows": server_min_rows, "forward_png_ms": 1e3 / lone}
-    log(f"  limit 1 image padded to {server_min_rows} rows: {1e3 / lone:.3f} ms")
-    return {"batch_sizes": rows, "single_padded": single, "seconds_per_repeat": seconds, "repeats": repeats,
+    return {"batch_sizes": rows, "seconds_per_repeat": seconds, "repeats": repeats,
             "png_compress_level": png_level, "torch_threads": torch.get_num_threads()}
 
 
+def single_image(model: ServedModel, baseline, seconds: float = 1.0, repeats: int = 3, png_level: int = 1,
+                 log: Callable[[str], None] = print) -> dict:
+    """The in-process terms of the c=1 comparison, in alternating windows so that all see the same
+    machine: latentserve's path for one image (a pass padded to the server's smallest shape, then
+    the PNG), and the plain FastAPI handler's own work for one image (``baseline``, a
+    bench.baseline_fastapi.Baseline: seeded latent, eager pass, PNG), whose time is subtracted from
+    that server's c=1 p50 to leave its HTTP overhead. ms per image, medians of ``repeats``."""
+    padded = model.calibrated_min_rows
+    z, y = _inputs(model, padded, torch.Generator().manual_seed(1))
+
+    def lone_request() -> None:
+        png_bytes(model.generate_rows(z, y)[0], 1, png_level)
+
+    seed = iter(range(10**9))
+
+    def baseline_request() -> None:
+        baseline.sample_png(1, next(seed))
+
+    lone_request(), baseline_request()  # not timed
+    ls_ms, base_ms = [], []
+    for _ in range(repeats):
+        ls_ms.append(1e3 / _rate(lone_request, 1, seconds, 1)[0])
+        base_ms.append(1e3 / _rate(baseline_request, 1, seconds, 1)[0])
+    out = {"padded_rows": padded, "latentserve_ms": statistics.median(ls_ms), "baseline_handler_ms": statistics.median(base_ms),
+           "runs_latentserve_ms": ls_ms, "runs_baseline_handler_ms": base_ms}
+    log(f"  one image: latentserve's path (a pass of {padded} row(s) + PNG) {out['latentserve_ms']:.3f} ms, "
+        f"the plain server's handler {out['baseline_handler_ms']:.3f} ms")
+    return out
+
+
 def forward_png_rate(model: ServedModel, batch: int, seconds: float, png_level: int = 1, seed: int = 0) -> float:
-    """One timed window of forward + PNG at ``batch`` rows (padded as the server pads): images/s.
-    bench.run alternates these windows with the server's c=64 runs (the paired share of the limit)."""
+    """One timed window of forward + PNG at ``batch`` rows, padded to the server's shapes as the
+    server pads: images/s. bench.run alternates these windows with the server's c=64 runs (the
+    paired share of the limit)."""
     z, y = _inputs(model, batch, torch.Generator().manual_seed(seed))
-    rate, _ = _rate(_forward_png(model, z, y, png_level), batch, seconds, 1)
+    every_size, model.buckets = model.buckets, model.server_buckets
+    try:
+        rate, _ = _rate(_forward_png(model, z, y, png_level), batch, seconds, 1)
+    finally:
+        model.buckets = every_size
     return rate

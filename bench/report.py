@@ -44,16 +44,20 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 
 def _versus(results: dict, other: str, load: str = RATIO_LOAD) -> dict | None:
+    """latentserve against ``other`` at ``load``. ``valid`` is False when either cell had error
+    answers or socket errors: a server that fails serves fewer images, and the ratio would flatter
+    the other one."""
     ls, ot = _cell(results, "latentserve", load), _cell(results, other, load)
     if not ls or not ot:
         return None
     return {"load": load, "latentserve_img_per_s": ls["img_per_s"], f"{other}_img_per_s": ot["img_per_s"],
             "throughput_ratio": _div(ls["img_per_s"], ot["img_per_s"]),
             "latentserve_p99_ms": ls["p99_ms"], f"{other}_p99_ms": ot["p99_ms"],
-            "p99_ratio": _div(ls["p99_ms"], ot["p99_ms"])}
+            "p99_ratio": _div(ls["p99_ms"], ot["p99_ms"]),
+            "valid": bool(ls.get("valid", True) and ot.get("valid", True))}
 
 
-def ratios(results: dict, server_min_rows: int) -> dict:
+def ratios(results: dict) -> dict:
     out: dict = {"batching_on_vs_off": _versus(results, "latentserve-nobatch"),
                  "latentserve_vs_litserve": _versus(results, "litserve"),
                  "latentserve_vs_baseline": _versus(results, "baseline"),
@@ -73,17 +77,16 @@ def ratios(results: dict, server_min_rows: int) -> dict:
         }
     out["share_of_limit_paired"] = results["servers"].get("latentserve", {}).get("paired_share")
     ls1, base1 = _cell(results, "latentserve", "c1"), _cell(results, "baseline", "c1")
-    b1 = next((r for r in (limit or {}).get("batch_sizes", []) if r["batch"] == 1), None)
-    if b1 and ls1 and base1:
-        single = b1["forward_png_ms_per_pass"]
-        padded = limit["single_padded"]["forward_png_ms"]
-        overhead = base1["p50_ms"] - single
-        expected = padded + overhead
+    one = (limit or {}).get("single_image")
+    if one and ls1 and base1:
+        overhead = base1["p50_ms"] - one["baseline_handler_ms"]
+        expected = one["latentserve_ms"] + overhead
         out["single_image_latency"] = {
-            "inprocess_batch1_ms": single, "inprocess_padded_ms": padded, "padded_rows": server_min_rows,
-            "baseline_c1_p50_ms": base1["p50_ms"], "baseline_http_overhead_ms": overhead,
-            "expected_ms": expected, "latentserve_c1_p50_ms": ls1["p50_ms"],
+            "inprocess_ms": one["latentserve_ms"], "padded_rows": one["padded_rows"],
+            "baseline_handler_ms": one["baseline_handler_ms"], "baseline_c1_p50_ms": base1["p50_ms"],
+            "baseline_http_overhead_ms": overhead, "expected_ms": expected, "latentserve_c1_p50_ms": ls1["p50_ms"],
             "excess_ms": ls1["p50_ms"] - expected, "ratio": _div(ls1["p50_ms"], expected),
+            "valid": bool(ls1.get("valid", True) and base1.get("valid", True)),
         }
     return out
 
@@ -95,14 +98,18 @@ def _f(x: float | None, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:,.0f}%"
+
+
 def _load_label(cell: dict) -> str:
     ld = cell["load"]
     return f"c={ld['concurrency']}" + (f", n={ld['n']}" if ld["n"] != 1 else "")
 
 
 def servers_table(results: dict) -> str:
-    lines = ["| server | load | req/s | img/s | p50 ms | p95 ms | p99 ms | mean batch rows | non-2xx | wrk CPU | server CPU |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [("| server | load | req/s | img/s | p50 ms | p95 ms | p99 ms | mean batch rows | non-2xx | wrk CPU | server CPU "
+              "| other CPU |"), "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, srv in results["servers"].items():
         for cell in srv["cells"].values():
             m = cell["median"]
@@ -110,7 +117,7 @@ def servers_table(results: dict) -> str:
             lines.append(f"| {srv['title']} | {_load_label(cell)} | {_f(m['req_per_s'])} | {_f(m['img_per_s'])} | "
                          f"{_f(m['p50_ms'], 2)} | {_f(m['p95_ms'], 2)} | {_f(m['p99_ms'], 2)} | "
                          f"{_f(m.get('mean_batch_rows'))} | {m['non_2xx']}{bad} | {_f(m['wrk_cpu_pct'], 0)}% | "
-                         f"{_f(m['server_cpu_pct'], 0)}% |")
+                         f"{_f(m['server_cpu_pct'], 0)}% | {_pct(m.get('other_cpu_pct'))} |")
     return "\n".join(lines)
 
 
@@ -123,15 +130,23 @@ def _limit_table(limit: dict) -> str:
     return "\n".join(lines)
 
 
+def _mib(d: dict | None, key: str) -> str:
+    return _f(d[key] / 1024) if d and key in d else "n/a"
+
+
 def _memory_table(results: dict) -> str:
-    lines = ["| server | processes | RSS idle, main process (MiB) | RSS after the loads, main (MiB) | RSS after, all processes (MiB) | CPU while idle |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [("| server | processes | RSS idle, main process (MiB) | RSS after the loads, main (MiB) | PSS idle, all "
+              "processes (MiB) | PSS after, all processes (MiB) | requests served | CPU while idle |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for srv in results["servers"].values():
         idle, after = srv.get("memory_idle"), srv.get("memory_after")
         if not idle or not after:
             continue
-        lines.append(f"| {srv['title']} | {after['processes']} | {_f(idle['main_kb'] / 1024)} | "
-                     f"{_f(after['main_kb'] / 1024)} | {_f(after['tree_kb'] / 1024)} | {_f(srv.get('idle_cpu_pct'), 0)}% |")
+        served = sum(r["requests"] for c in srv["cells"].values() for r in c["runs"])
+        served += sum(p.get("requests", 0) for p in srv.get("paired_share", {}).get("pairs", []))
+        lines.append(f"| {srv['title']} | {after['processes']} | {_mib(idle, 'main_kb')} | {_mib(after, 'main_kb')} | "
+                     f"{_mib(idle, 'tree_pss_kb')} | {_mib(after, 'tree_pss_kb')} | {served:,} | "
+                     f"{_f(srv.get('idle_cpu_pct'), 0)}% |")
     return "\n".join(lines)
 
 
@@ -144,9 +159,10 @@ def _ratios_md(r: dict) -> list[str]:
     for key, (title, other) in names.items():
         v = r.get(key)
         if v:
+            bad = "" if v.get("valid", True) else " (invalid: a cell had error answers)"
             rows.append(f"| {title} | {_f(v['latentserve_img_per_s'])} / {_f(v[f'{other}_img_per_s'])} = "
-                        f"**{_f(v['throughput_ratio'], 2)}x** | {_f(v['latentserve_p99_ms'], 2)} / "
-                        f"{_f(v[f'{other}_p99_ms'], 2)} ms = **{_f(v['p99_ratio'], 2)}x** |")
+                        f"**{_f(v['throughput_ratio'], 2)}x**{bad} | {_f(v['latentserve_p99_ms'], 2)} / "
+                        f"{_f(v[f'{other}_p99_ms'], 2)} ms = **{_f(v['p99_ratio'], 2)}x**{bad} |")
         else:
             rows.append(f"| {title} | n/a | n/a |")
     out += ["At concurrency 64, one image per request. Throughput ratio > 1: latentserve serves more; "
@@ -165,28 +181,37 @@ def _ratios_md(r: dict) -> list[str]:
         out += ["**Share of the in-process limit:** n/a (needs the limit and latentserve at c=64).", ""]
     p = r.get("share_of_limit_paired")
     if p:
-        rows = "\n".join(f"| {i + 1} | {_f(x['limit_img_per_s'])} | {_f(x['server_img_per_s'])} | {_f(x['pct'])}% |"
+        rows = "\n".join(f"| {i + 1} | {_f(x['limit_img_per_s'])} | {_f(x['server_img_per_s'])} | {_f(x['pct'])}%"
+                         f"{'' if x.get('valid', True) else ' (error answers: not counted)'} |"
                          for i, x in enumerate(p["pairs"]))
+        padded = p.get("padded_to", p["batch"])
+        rows_text = f"{p['batch']} rows" + (f" padded to {padded}, as the server pads them" if padded != p["batch"] else "")
+        counted = "" if p.get("valid_pairs", len(p["pairs"])) == len(p["pairs"]) else \
+            f" ({p['valid_pairs']} of {len(p['pairs'])} pairs had no error answer and count)"
         out += [f"**Share of the limit, side by side.** The limit above was measured minutes before the servers, "
                 f"and this machine's speed drifts by ±20% over minutes. So the share is also measured in "
                 f"{len(p['pairs'])} alternating pairs, after the latentserve cells: one in-process window of forward + "
-                f"PNG at {p['batch']} rows (the {_f(p['mean_batch_rows'])} rows per pass latentserve formed at c=64), "
-                f"then one c=64 run of latentserve, {_f(p['seconds'], 0)} s each. Median share: "
+                f"PNG at {rows_text} (the {_f(p['mean_batch_rows'])} rows per pass latentserve formed at c=64), "
+                f"then one c=64 run of latentserve, {_f(p['seconds'], 0)} s each. Median share{counted}: "
                 f"**{_f(p['median_pct'])}%** (median limit {_f(p['median_limit_img_per_s'])} img/s, median "
                 f"latentserve {_f(p['median_server_img_per_s'])} img/s).", "",
                 "| pair | limit img/s | latentserve img/s | share |", "|---:|---:|---:|---:|", rows, ""]
     c = r.get("single_image_latency")
     if c:
+        bad = "" if c.get("valid", True) else " **(invalid: a c=1 cell had error answers)**"
         out += ["**One image, no concurrency (c=1).** The plain FastAPI server's HTTP overhead is its c=1 p50 minus "
-                "the in-process time of one image (batch of 1, forward + PNG). latentserve runs a lone image in a "
-                f"pass padded to {c['padded_rows']} rows, so its expected p50 is that padded in-process time plus "
-                "the same HTTP overhead; the rest is what the batcher, the event loop hops and the middleware add.", "",
+                "its handler's own work for one image, timed in process (seeded latent, eager pass, PNG). "
+                f"latentserve runs a lone image in a pass padded to {c['padded_rows']} row(s); its expected p50 is "
+                "that pass + PNG, timed in process, plus the same HTTP overhead. The two in-process times are "
+                "measured in alternating windows. The rest is what latentserve adds: drawing the latent, the "
+                "batcher, the event loop's hops and the middleware." + bad, "",
                 "| quantity | ms |", "|---|---:|",
-                f"| in-process, batch 1, forward + PNG | {_f(c['inprocess_batch1_ms'], 3)} |",
-                f"| in-process, 1 image in a pass of {c['padded_rows']} rows, forward + PNG | {_f(c['inprocess_padded_ms'], 3)} |",
+                f"| in-process, latentserve's path: 1 image in a pass of {c['padded_rows']} row(s), forward + PNG | "
+                f"{_f(c['inprocess_ms'], 3)} |",
+                f"| in-process, the plain server's handler for 1 image | {_f(c['baseline_handler_ms'], 3)} |",
                 f"| plain FastAPI c=1 p50 | {_f(c['baseline_c1_p50_ms'], 3)} |",
-                f"| = HTTP overhead (FastAPI p50 - in-process batch 1) | {_f(c['baseline_http_overhead_ms'], 3)} |",
-                f"| expected latentserve p50 (padded in-process + HTTP overhead) | {_f(c['expected_ms'], 3)} |",
+                f"| = HTTP overhead (its p50 - its handler) | {_f(c['baseline_http_overhead_ms'], 3)} |",
+                f"| expected latentserve p50 (its in-process path + HTTP overhead) | {_f(c['expected_ms'], 3)} |",
                 f"| **latentserve c=1 p50** | **{_f(c['latentserve_c1_p50_ms'], 3)}** |",
                 f"| excess over expected | {_f(c['excess_ms'], 3)} ({_f(c['ratio'], 2)}x expected) |", ""]
     else:
@@ -247,7 +272,9 @@ def markdown(results: dict) -> str:
             "(latentserve: `latentserve_batch_rows` sum/count deltas from `/metrics`; LitServe: counted in "
             "`predict`; plain FastAPI: n, one pass per request). *non-2xx*: answers with status >= 400 summed "
             "over the runs (wrk's count; none of these routes redirect); a cell is valid only at 0. *wrk CPU* / "
-            "*server CPU*: CPU time over wall time, in % of one core, of wrk and of the server's processes.", "",
+            "*server CPU*: CPU time over wall time, in % of one core, of wrk and of the server's processes. "
+            "*other CPU*: the rest of the machine's busy time over the same run (from `/proc/stat`; this harness "
+            "included): what else took the cores.", "",
             servers_table(results), ""]
     notes = [f"- **{s['title']}**: {s['notes']}" + (f"; settings {', '.join(f'`{k}={v}`' for k, v in s['settings'].items())}"
              if s["settings"] else "") for s in results["servers"].values()]
@@ -255,9 +282,13 @@ def markdown(results: dict) -> str:
     failed = [(s["title"], s["error"]) for s in results["servers"].values() if s.get("error")]
     for title, error in failed:
         out += [f"**{title} failed:**", "", "```", error.strip()[-1500:], "```", ""]
-    out += ["## Memory", "", "Resident set (VmRSS) with only the benchmarked model loaded: idle after start-up "
-            "and warm-up, before any load, and after all loads; and the CPU the server's processes use while "
-            "nobody sends anything (% of one core, over 1 s).", "", _memory_table(results), ""]
+    out += ["## Memory", "", "Resident set (VmRSS) of the main process, and the proportional set size (PSS) of "
+            "all the server's processes (shared pages, such as torch's libraries in LitServe's several processes, "
+            "counted once), with only the benchmarked model loaded: idle after start-up and warm-up, before any "
+            "load, and after all loads; the requests served in the counted runs (warm-ups not included); and the "
+            "CPU the server's processes use while nobody sends anything (% of one core, over 1 s). Growth over a "
+            "100,000-request run is measured by `python -m bench.reliability soak` (docs/reliability.md).", "",
+            _memory_table(results), ""]
     out += ["## Ratios", "", *_ratios_md(results["ratios"])]
     out += ["Raw numbers, every run of every cell, and the machine details: the JSON file written next to this "
             "report by the same command (default `bench/results.json`).", ""]

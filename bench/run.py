@@ -159,25 +159,9 @@ def _median_of_runs(runs: list[dict]) -> dict:
     return out
 
 
-def idle_cpu(server: servers.Server, seconds: float = 1.0) -> float:
-    """CPU the server's processes use while nobody asks anything, in cores (LitServe polls)."""
-    c0 = server.cpu_seconds()
-    time.sleep(seconds)
-    return (server.cpu_seconds() - c0) / seconds
-
-
 def wait_idle(server: servers.Server, max_s: float = 15.0) -> None:
-    """Until the server's processes use less than 0.15 cores above their idle use over 0.2 s:
-    requests a previous run left behind (wrk drops its connections at the end; a threadpool keeps
-    working) must not count in the next one."""
-    threshold = 0.2 * (server.idle_cores + 0.15)
-    deadline = time.monotonic() + max_s
-    while time.monotonic() < deadline:
-        c0 = server.cpu_seconds()
-        time.sleep(0.2)
-        if server.cpu_seconds() - c0 < threshold:
-            return
-    log(f"  {server.spec.name} still busy after {max_s:.0f} s; going on")
+    if not server.wait_idle(max_s):
+        log(f"  {server.spec.name} still busy after {max_s:.0f} s; going on")
 
 
 def measure_cell(server: servers.Server, load: Load, args: argparse.Namespace, wrk: str, seed_base: int) -> dict:
@@ -186,12 +170,16 @@ def measure_cell(server: servers.Server, load: Load, args: argparse.Namespace, w
     runs = []
     for i in range(args.runs):
         wait_idle(server)
-        batches0, cpu0, t0 = server.batch_counters(), server.cpu_seconds(), time.perf_counter()
+        batches0, cpu0, (busy0, steal0) = server.batch_counters(), server.cpu_seconds(), servers.machine_cpu_seconds()
+        t0 = time.perf_counter()
         r = loadgen.run_wrk(wrk, server.url, load, args.duration, seed_base + (i + 1) * 10_000_000, args.wrk_threads)
-        wall, cpu1 = time.perf_counter() - t0, server.cpu_seconds()
+        wall, cpu1, (busy1, steal1) = time.perf_counter() - t0, server.cpu_seconds(), servers.machine_cpu_seconds()
         wait_idle(server)  # let abandoned requests finish before reading the batch counters
         batches1 = server.batch_counters()
         r["server_cpu_pct"] = 100.0 * (cpu1 - cpu0) / wall
+        # what else ran meanwhile (anything on the machine, this harness included): a noisy run shows here
+        r["other_cpu_pct"] = max(0.0, 100.0 * (busy1 - busy0) / wall - r["server_cpu_pct"] - r["wrk_cpu_pct"])
+        r["steal_cpu_pct"] = 100.0 * (steal1 - steal0) / wall
         if batches0 is not None and batches1 is not None:
             passes, rows = batches1[0] - batches0[0], batches1[1] - batches0[1]
             r["forward_passes"] = passes
@@ -218,20 +206,31 @@ def paired_share(server: servers.Server, model, rows: float, args: argparse.Name
     from bench import limit
 
     batch = max(1, round(rows))
+    padded_to = next(b for b in model.server_buckets if b >= batch)  # as the server pads it
     pairs = []
     for i in range(args.pairs):
         wait_idle(server)
-        lim = limit.forward_png_rate(model, batch, args.duration, seed=i)
+        lim = limit.forward_png_rate(model, batch, args.duration, png_level=args.png_level, seed=i)
         wait_idle(server)
         r = loadgen.run_wrk(wrk, server.url, PAIRED_LOAD, args.duration, 900_000_000 + i * 10_000_000, args.wrk_threads)
         pairs.append({"limit_img_per_s": lim, "server_img_per_s": r["img_per_s"], "server_p99_ms": r["p99_ms"],
-                      "non_2xx": r["non_2xx"], "pct": 100.0 * r["img_per_s"] / lim})
+                      "requests": r["requests"], "non_2xx": r["non_2xx"], "socket_errors": r["socket_errors"],
+                      "valid": r["non_2xx"] == 0 and r["socket_errors"] == 0, "pct": 100.0 * r["img_per_s"] / lim})
         log(f"  paired share {i + 1}: limit {lim:7.1f} img/s at batch {batch}, latentserve c64 {r['img_per_s']:7.1f} img/s "
-            f"= {pairs[-1]['pct']:.1f}%")
-    return {"load": PAIRED_LOAD.name, "batch": batch, "mean_batch_rows": rows, "seconds": args.duration, "pairs": pairs,
-            "median_pct": statistics.median(p["pct"] for p in pairs),
-            "median_limit_img_per_s": statistics.median(p["limit_img_per_s"] for p in pairs),
-            "median_server_img_per_s": statistics.median(p["server_img_per_s"] for p in pairs)}
+            f"= {pairs[-1]['pct']:.1f}%" + ("" if pairs[-1]["valid"] else "  INVALID (errors): not counted"))
+    return summarize_pairs(pairs) | {"load": PAIRED_LOAD.name, "batch": batch, "padded_to": padded_to,
+                                     "mean_batch_rows": rows, "seconds": args.duration, "pairs": pairs}
+
+
+def summarize_pairs(pairs: list[dict]) -> dict:
+    """Medians over the pairs whose server run had no error answer (None where none had)."""
+    valid = [p for p in pairs if p.get("valid", True)]
+
+    def median(key: str) -> float | None:
+        return statistics.median(p[key] for p in valid) if valid else None
+
+    return {"median_pct": median("pct"), "median_limit_img_per_s": median("limit_img_per_s"),
+            "median_server_img_per_s": median("server_img_per_s"), "valid_pairs": len(valid)}
 
 
 def bench_server(spec: servers.ServerSpec, port: int, args: argparse.Namespace, wrk: str, log_dir: Path, index: int,
@@ -243,8 +242,7 @@ def bench_server(spec: servers.ServerSpec, port: int, args: argparse.Namespace, 
         server.start()
         result["ready_s"] = server.wait_ready()
         time.sleep(1.0)
-        server.idle_cores = idle_cpu(server)
-        result["idle_cpu_pct"] = 100 * server.idle_cores
+        result["idle_cpu_pct"] = 100 * server.measure_idle_cpu()
         result["memory_idle"] = server.memory()
         for j, load in enumerate(args.load_list):
             result["cells"][load.name] = measure_cell(server, load, args, wrk, seed_base=(index * 7 + j) * 100_000_000 % 2**30)
@@ -284,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from app.registry import resolve_device
-    from app.settings import Settings
+    from bench.baseline_fastapi import Baseline
 
     args.weights_dir = args.weights_dir.resolve()
     args.torch_threads = args.torch_threads or torch.get_num_threads()
@@ -292,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": machine_info(args, argv, wrk, device), "limit": None, "servers": {}}
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="latentserve-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    server_min_rows = Settings.model_fields["min_batch_rows"].default  # replaced by the calibrated shape below
     common = servers.Common(weights_dir=args.weights_dir, model=args.model, device=device, torch_threads=args.torch_threads,
                             max_batch_rows=args.max_batch_rows, channels_last=args.channels_last)
+    args.png_level = common.png_level  # the limit encodes as the servers do
     log(f"benchmark of {args.model} on {device}, {args.torch_threads} torch threads; server logs in {log_dir}")
 
     model = None  # the limit's model, kept for the paired share of the limit
@@ -304,10 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         log("in-process limit")
         batches = tuple(int(b) for b in args.limit_batches.split(",") if b.strip())
         model = limit.load(args.weights_dir, args.model, device, args.torch_threads, max_rows=max(batches),
-                           channels_last=args.channels_last)
-        server_min_rows = model.calibrated_min_rows
+                           channels_last=args.channels_last, server_max_rows=args.max_batch_rows or None)
         results["limit"] = limit.measure(model, batch_sizes=batches, seconds=args.limit_seconds, repeats=args.runs,
-                                         server_min_rows=server_min_rows, log=log)
+                                         png_level=args.png_level, log=log)
+        results["limit"]["server_buckets"] = model.server_buckets
+        baseline = Baseline(args.weights_dir, args.model, torch.device(device), args.png_level, args.channels_last)
+        results["limit"]["single_image"] = limit.single_image(model, baseline, seconds=args.limit_seconds,
+                                                              repeats=args.runs, png_level=args.png_level, log=log)
+        del baseline
 
     for i, name in enumerate(args.server_list):
         port = servers.free_port()
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                                         "cells": {}, "error": str(e)[-2000:]}
 
     results["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-    results["ratios"] = report.ratios(results, server_min_rows)
+    results["ratios"] = report.ratios(results)
     args.out_json.parent.mkdir(parents=True, exist_ok=True)
     args.out_json.write_text(json.dumps(results, indent=2) + "\n")
     args.out_md.parent.mkdir(parents=True, exist_ok=True)

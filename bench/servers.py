@@ -184,6 +184,27 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size in KiB: pages shared between processes (torch's libraries in
+    LitServe's several processes) count once, split between them, where VmRSS counts them in each."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, all CPUs, from /proc/stat: busy is
+    user + nice + system + irq + softirq (guest time is inside user), steal is what the hypervisor
+    gave to other guests."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / CLK_TCK, steal / CLK_TCK
+
+
 def cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -266,12 +287,34 @@ class Server:
         return process_tree(self.proc.pid)
 
     def memory(self) -> dict[str, int]:
-        """VmRSS in KiB of the started process and of its whole process tree."""
+        """VmRSS in KiB of the started process and of its whole process tree, and the tree's PSS."""
         pids = self.pids()
-        return {"main_kb": rss_kb(self.proc.pid), "tree_kb": sum(rss_kb(p) for p in pids), "processes": len(pids)}
+        return {"main_kb": rss_kb(self.proc.pid), "tree_kb": sum(rss_kb(p) for p in pids),
+                "tree_pss_kb": sum(pss_kb(p) for p in pids), "processes": len(pids)}
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())
+
+    def measure_idle_cpu(self, seconds: float = 1.0) -> float:
+        """CPU the server's processes use while nobody asks anything, in cores (LitServe polls);
+        kept as the baseline of wait_idle."""
+        c0 = self.cpu_seconds()
+        time.sleep(seconds)
+        self.idle_cores = (self.cpu_seconds() - c0) / seconds
+        return self.idle_cores
+
+    def wait_idle(self, max_s: float = 15.0) -> bool:
+        """Until the server's processes use less than 0.15 cores above their idle use over 0.2 s:
+        requests a previous run left behind (wrk drops its connections at the end; a threadpool
+        keeps working) must not count in the next one. False if still busy after ``max_s``."""
+        threshold = 0.2 * (self.idle_cores + 0.15)
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            c0 = self.cpu_seconds()
+            time.sleep(0.2)
+            if self.cpu_seconds() - c0 < threshold:
+                return True
+        return False
 
     def batch_counters(self) -> tuple[float, float] | None:
         """(forward passes, rows) so far, or None where the server does not tell."""

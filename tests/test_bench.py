@@ -119,3 +119,135 @@ def test_ab_checks_out_a_revision_and_starts_its_server_from_there():
         assert tree == ab.REPO
     with pytest.raises(SystemExit, match="cannot check out 'no-such-revision'"), ab.source_tree("no-such-revision"):
         pass
+
+
+# ---- what the report derives, and from what ----
+
+def _cell(img_per_s: float, p50: float, p99: float, valid: bool = True) -> dict:
+    return {"load": {"concurrency": 64, "n": 1}, "runs": [{"requests": 100}, {"requests": 110}],
+            "median": {"img_per_s": img_per_s, "req_per_s": img_per_s, "p50_ms": p50, "p95_ms": p99, "p99_ms": p99,
+                       "non_2xx": 0 if valid else 3, "valid": valid, "wrk_cpu_pct": 5.0, "server_cpu_pct": 160.0,
+                       "other_cpu_pct": 2.0}}
+
+
+def _results(litserve_valid: bool = True) -> dict:
+    return {"limit": {"batch_sizes": [{"batch": 1, "forward_png_img_per_s": 400.0}, {"batch": 32, "forward_png_img_per_s": 1200.0}],
+                      "single_image": {"padded_rows": 1, "latentserve_ms": 2.5, "baseline_handler_ms": 3.1}},
+            "servers": {
+                "latentserve": {"title": "latentserve", "cells": {"c64": _cell(800.0, 80.0, 95.0) | {},
+                                                                  "c1": _cell(190.0, 5.0, 7.0)}},
+                "litserve": {"title": "LitServe", "cells": {"c64": _cell(400.0, 150.0, 190.0, valid=litserve_valid)}},
+                "baseline": {"title": "plain FastAPI", "cells": {"c64": _cell(200.0, 300.0, 400.0),
+                                                                 "c1": _cell(210.0, 4.6, 6.0)}},
+            }}
+
+
+def test_the_c1_expectation_takes_the_plain_servers_overhead_net_of_its_own_handler():
+    results = _results()
+    results["servers"]["latentserve"]["cells"]["c64"]["median"]["mean_batch_rows"] = 32.0
+    c = report.ratios(results)["single_image_latency"]
+    # overhead = 4.6 ms p50 - 3.1 ms of the plain handler's own work (not latentserve's 2.5)
+    assert c["baseline_http_overhead_ms"] == pytest.approx(1.5)
+    assert c["expected_ms"] == pytest.approx(2.5 + 1.5)
+    assert c["excess_ms"] == pytest.approx(5.0 - 4.0) and c["ratio"] == pytest.approx(1.25)
+    assert c["padded_rows"] == 1 and c["valid"] is True
+
+
+def test_a_ratio_against_a_failing_server_is_flagged_not_reported_as_a_win():
+    ok = report.ratios(_results())["latentserve_vs_litserve"]
+    assert ok["throughput_ratio"] == pytest.approx(2.0) and ok["valid"] is True
+    bad = report.ratios(_results(litserve_valid=False))["latentserve_vs_litserve"]
+    assert bad["valid"] is False
+    md = "\n".join(report._ratios_md(report.ratios(_results(litserve_valid=False))))
+    assert "**2.00x** (invalid: a cell had error answers)" in md
+    assert "invalid" not in "\n".join(report._ratios_md(report.ratios(_results())))
+
+
+def test_paired_shares_leave_out_pairs_whose_server_run_had_errors():
+    pairs = [{"pct": 60.0, "limit_img_per_s": 1000.0, "server_img_per_s": 600.0, "valid": True},
+             {"pct": 10.0, "limit_img_per_s": 1000.0, "server_img_per_s": 100.0, "valid": False},
+             {"pct": 70.0, "limit_img_per_s": 1000.0, "server_img_per_s": 700.0, "valid": True}]
+    s = run.summarize_pairs(pairs)
+    assert (s["median_pct"], s["median_server_img_per_s"], s["valid_pairs"]) == (65.0, 650.0, 2)
+    none = run.summarize_pairs([pairs[1]])
+    assert none["median_pct"] is None and none["valid_pairs"] == 0
+
+
+def test_the_servers_table_shows_what_else_used_the_cpu():
+    table = report.servers_table(_results())
+    assert table.splitlines()[0].endswith("| other CPU |")
+    assert table.splitlines()[2].endswith("| 160% | 2% |")
+
+
+def test_the_memory_table_reports_pss_and_the_requests_counted():
+    results = _results()
+    results["servers"]["latentserve"] |= {
+        "memory_idle": {"main_kb": 300 * 1024, "tree_kb": 300 * 1024, "tree_pss_kb": 290 * 1024, "processes": 1},
+        "memory_after": {"main_kb": 310 * 1024, "tree_kb": 310 * 1024, "tree_pss_kb": 299 * 1024, "processes": 1},
+        "idle_cpu_pct": 0.4, "paired_share": {"pairs": [{"requests": 5000}, {"requests": 4000}]}}
+    row = next(ln for ln in report._memory_table(results).splitlines() if ln.startswith("| latentserve |"))
+    # two cells of 100 + 110 requests, plus the pairs' 9,000
+    assert row == "| latentserve | 1 | 300.0 | 310.0 | 290.0 | 299.0 | 9,420 | 0% |"
+
+
+def test_pss_and_the_machines_cpu_are_read_from_proc():
+    pss, rss = servers.pss_kb(os.getpid()), servers.rss_kb(os.getpid())
+    assert 0 < pss <= rss
+    assert servers.pss_kb(2**22 + 12345) == 0  # no such process
+    busy0, steal0 = servers.machine_cpu_seconds()
+    sum(i * i for i in range(300_000))  # some CPU in this process
+    busy1, steal1 = servers.machine_cpu_seconds()
+    assert busy1 > busy0 >= 0 and steal1 >= steal0 >= 0
+
+
+def test_ab_also_reports_the_median_of_the_rounds_own_ratios():
+    s = ab.summary([700.0, 800.0, 750.0], [770.0, 760.0, 825.0])
+    assert s["median_round_ratio"] == pytest.approx(1.1)  # 1.1, 0.95, 1.1
+    assert s["ratio_b_a"] == pytest.approx(770.0 / 750.0)
+
+
+# ---- the limit pads as the server pads, and times the plain server's handler ----
+
+def test_the_limit_knows_the_servers_shapes_and_pads_its_paired_windows_to_them(tiny_weights):
+    from bench import limit
+
+    model = limit.load(tiny_weights, "tiny-gan", "cpu", 1, max_rows=16, server_max_rows=4)
+    assert model.buckets == [1, 2, 4, 8, 16]  # the limit's table: every size an exact pass
+    # the server's shapes: calibrated up to its own largest, 4 (the tiny GAN's rows agree from 2 rows on)
+    assert model.server_buckets[-1] == 4 and set(model.server_buckets) <= {1, 2, 4}
+    assert model.calibrated_min_rows == model.server_buckets[0]
+    seen = []
+    original = model.generate_rows
+
+    def spy(z, y):
+        seen.append(model._bucket(z.shape[0]))
+        return original(z, y)
+
+    model.generate_rows = spy
+    assert limit.forward_png_rate(model, 3, 0.05) > 0
+    assert set(seen) == {4} and model.buckets == [1, 2, 4, 8, 16]  # 3 rows padded to 4, the table's shapes back
+    with pytest.raises(ValueError, match="exceed the largest batch shape 4"):
+        limit.forward_png_rate(model, 5, 0.05)  # more rows than the server ever puts in a pass
+    assert model.buckets == [1, 2, 4, 8, 16]
+
+
+def test_the_plain_servers_handler_is_timed_in_process(tiny_weights):
+    import io
+
+    import torch
+    from PIL import Image
+
+    from bench import limit
+    from bench.baseline_fastapi import Baseline
+
+    base = Baseline(tiny_weights, "tiny-gan", torch.device("cpu"), png_level=1)
+    one, grid = Image.open(io.BytesIO(base.sample_png(1, 7))), Image.open(io.BytesIO(base.sample_png(16, 7)))
+    assert (one.size, one.mode) == ((28, 28), "L") and grid.size == (8 * 30 + 2, 2 * 30 + 2)  # 2-pixel gaps
+    assert base.sample_png(1, 7) == base.sample_png(1, 7) != base.sample_png(1, 8)  # seeded
+    model = limit.load(tiny_weights, "tiny-gan", "cpu", 1, max_rows=8, server_max_rows=8)
+    lines: list[str] = []
+    out = limit.single_image(model, base, seconds=0.05, repeats=2, log=lines.append)
+    assert out["padded_rows"] == model.server_buckets[0]
+    assert len(out["runs_latentserve_ms"]) == len(out["runs_baseline_handler_ms"]) == 2
+    assert 0 < out["latentserve_ms"] < 1000 and 0 < out["baseline_handler_ms"] < 1000
+    assert f"a pass of {model.server_buckets[0]} row(s)" in lines[0]
