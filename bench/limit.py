@@ -35,8 +35,7 @@ def load(weights_dir: Path, model: str, device: str, torch_threads: int, max_row
     served = registry.get(model)
     every_size = list(served.buckets)
     registry.warm_up()  # builds the TorchScript pass, as the server's warm-up does
-    top = bucket_sizes(1, server_max_rows or Settings.model_fields["max_batch_rows"].default)[-1]
-    served.buckets = [b for b in every_size if b <= top]
+    served.buckets = bucket_sizes(1, server_max_rows or Settings.model_fields["max_batch_rows"].default)
     served.server_buckets = served.calibrate()  # the shapes the server keeps, from its own largest
     served.calibrated_min_rows = served.server_buckets[0]  # what a lone request is padded to in the server
     served.buckets = sorted(set(every_size) | set(served.server_buckets))  # every batch size as an exact pass

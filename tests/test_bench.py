@@ -229,6 +229,8 @@ def test_the_limit_knows_the_servers_shapes_and_pads_its_paired_windows_to_them(
     with pytest.raises(ValueError, match="exceed the largest batch shape 4"):
         limit.forward_png_rate(model, 5, 0.05)  # more rows than the server ever puts in a pass
     assert model.buckets == [1, 2, 4, 8, 16]
+    bigger = limit.load(tiny_weights, "tiny-gan", "cpu", 1, max_rows=4, server_max_rows=16)  # a server above the table
+    assert bigger.server_buckets[-1] == 16 and bigger.buckets[-1] == 16
 
 
 def test_the_plain_servers_handler_is_timed_in_process(tiny_weights):
