@@ -104,7 +104,9 @@ def single_image(model: ServedModel, baseline, seconds: float = 1.0, repeats: in
     machine: latentserve's path for one image (a pass padded to the server's smallest shape, then
     the PNG), and the plain FastAPI handler's own work for one image (``baseline``, a
     bench.baseline_fastapi.Baseline: seeded latent, eager pass, PNG), whose time is subtracted from
-    that server's c=1 p50 to leave its HTTP overhead. ms per image, medians of ``repeats``."""
+    that server's c=1 p50 to leave its HTTP overhead. ms per image, medians of ``repeats``, and the
+    median of the windows' own differences (latentserve's path minus the handler): the c=1
+    expectation is the plain server's p50 plus that difference."""
     padded = model.calibrated_min_rows
     z, y = _inputs(model, padded, torch.Generator().manual_seed(1))
 
@@ -122,6 +124,7 @@ def single_image(model: ServedModel, baseline, seconds: float = 1.0, repeats: in
         ls_ms.append(1e3 / _rate(lone_request, 1, seconds, 1)[0])
         base_ms.append(1e3 / _rate(baseline_request, 1, seconds, 1)[0])
     out = {"padded_rows": padded, "latentserve_ms": statistics.median(ls_ms), "baseline_handler_ms": statistics.median(base_ms),
+           "median_difference_ms": statistics.median(a - b for a, b in zip(ls_ms, base_ms)),
            "runs_latentserve_ms": ls_ms, "runs_baseline_handler_ms": base_ms}
     log(f"  one image: latentserve's path (a pass of {padded} row(s) + PNG) {out['latentserve_ms']:.3f} ms, "
         f"the plain server's handler {out['baseline_handler_ms']:.3f} ms")

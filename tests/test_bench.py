@@ -132,7 +132,8 @@ def _cell(img_per_s: float, p50: float, p99: float, valid: bool = True) -> dict:
 
 def _results(litserve_valid: bool = True) -> dict:
     return {"limit": {"batch_sizes": [{"batch": 1, "forward_png_img_per_s": 400.0}, {"batch": 32, "forward_png_img_per_s": 1200.0}],
-                      "single_image": {"padded_rows": 1, "latentserve_ms": 2.5, "baseline_handler_ms": 3.1}},
+                      "single_image": {"padded_rows": 1, "latentserve_ms": 2.5, "baseline_handler_ms": 3.0,
+                                       "runs_latentserve_ms": [2.5, 3.5, 2.4], "runs_baseline_handler_ms": [3.1, 3.0, 2.0]}},
             "servers": {
                 "latentserve": {"title": "latentserve", "cells": {"c64": _cell(800.0, 80.0, 95.0) | {},
                                                                   "c1": _cell(190.0, 5.0, 7.0)}},
@@ -146,11 +147,15 @@ def test_the_c1_expectation_takes_the_plain_servers_overhead_net_of_its_own_hand
     results = _results()
     results["servers"]["latentserve"]["cells"]["c64"]["median"]["mean_batch_rows"] = 32.0
     c = report.ratios(results)["single_image_latency"]
-    # overhead = 4.6 ms p50 - 3.1 ms of the plain handler's own work (not latentserve's 2.5)
-    assert c["baseline_http_overhead_ms"] == pytest.approx(1.5)
-    assert c["expected_ms"] == pytest.approx(2.5 + 1.5)
-    assert c["excess_ms"] == pytest.approx(5.0 - 4.0) and c["ratio"] == pytest.approx(1.25)
+    # overhead = 4.6 ms p50 - 3.0 ms of the plain handler's own work (not latentserve's 2.5)
+    assert c["baseline_http_overhead_ms"] == pytest.approx(1.6)
+    # the in-process difference window by window: -0.6, +0.5, +0.4 -> +0.4 (not 2.5 - 3.0 of the medians)
+    assert c["inprocess_difference_ms"] == pytest.approx(0.4)
+    assert c["expected_ms"] == pytest.approx(4.6 + 0.4)
+    assert c["excess_ms"] == pytest.approx(0.0) and c["ratio"] == pytest.approx(1.0)
     assert c["padded_rows"] == 1 and c["valid"] is True
+    md = "\n".join(report._ratios_md(report.ratios(results)))
+    assert "| expected latentserve p50 (plain FastAPI p50 + the difference) | 5.000 |" in md
 
 
 def test_a_ratio_against_a_failing_server_is_flagged_not_reported_as_a_win():
@@ -171,6 +176,9 @@ def test_paired_shares_leave_out_pairs_whose_server_run_had_errors():
     assert (s["median_pct"], s["median_server_img_per_s"], s["valid_pairs"]) == (65.0, 650.0, 2)
     none = run.summarize_pairs([pairs[1]])
     assert none["median_pct"] is None and none["valid_pairs"] == 0
+    paired = none | {"pairs": [pairs[1]], "batch": 32, "mean_batch_rows": 31.7, "seconds": 5}
+    md = "\n".join(report._ratios_md({"share_of_limit_paired": paired}))
+    assert "(0 of 1 pairs had no error answer and count): **n/a** (" in md and "(error answers: not counted)" in md
 
 
 def test_the_servers_table_shows_what_else_used_the_cpu():
@@ -253,3 +261,29 @@ def test_the_plain_servers_handler_is_timed_in_process(tiny_weights):
     assert len(out["runs_latentserve_ms"]) == len(out["runs_baseline_handler_ms"]) == 2
     assert 0 < out["latentserve_ms"] < 1000 and 0 < out["baseline_handler_ms"] < 1000
     assert f"a pass of {model.server_buckets[0]} row(s)" in lines[0]
+
+
+def test_the_plain_server_loads_its_model_at_start_up_with_the_threads_asked(tiny_weights, monkeypatch):
+    import torch
+    from fastapi.testclient import TestClient
+
+    from bench import baseline_fastapi
+
+    monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(tiny_weights))
+    monkeypatch.setenv("BENCH_MODEL", "tiny-gan")
+    monkeypatch.setenv("BENCH_TORCH_THREADS", "1")
+    threads: list[int] = []
+    original = baseline_fastapi.Baseline.sample_png
+    monkeypatch.setattr(baseline_fastapi.Baseline, "sample_png",
+                        lambda self, n, seed: threads.append(torch.get_num_threads()) or original(self, n, seed))
+    before = torch.get_num_threads()
+    try:
+        with TestClient(baseline_fastapi.app) as client:
+            ok = client.post("/v1/models/tiny-gan/samples", json={"n": 1, "seed": 3})
+            assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
+            assert ok.content == baseline_fastapi.baseline.sample_png(1, 3)  # the handler's own bytes
+            assert client.post("/v1/models/other/samples", json={"n": 1}).status_code == 404
+            assert client.post("/v1/models/tiny-gan/samples", json={"n": 65}).status_code == 422
+        assert threads[0] == 1  # in the threadpool, as asked
+    finally:
+        torch.set_num_threads(before)
