@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -80,6 +81,42 @@ def test_json_log_lines_carry_request_id_and_access_fields():
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "POST /x 200" and line["status"] == 200 and line["batch"] == [7]
     assert line["request_id"] == "-" and line["level"] == "info" and line["time"].endswith("Z")
+
+
+def test_json_log_time_is_utc_to_the_millisecond_across_seconds():
+    fmt = JsonFormatter()
+    times = []
+    for created in (1764489599.9991, 1764489600.0004, 1764489600.5, 1764489599.25, 1764576000.042):
+        record = logging.LogRecord("latentserve.access", logging.INFO, __file__, 1, "m", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        times.append(json.loads(fmt.format(record))["time"])
+    # the second's text is cached: it must follow the record's own second, back and forth
+    assert times == ["2025-11-30T07:59:59.999Z", "2025-11-30T08:00:00.000Z", "2025-11-30T08:00:00.500Z",
+                     "2025-11-30T07:59:59.250Z", "2025-12-01T08:00:00.042Z"]
+
+
+def test_configured_logging_skips_the_caller_lookup_and_keeps_every_field(monkeypatch):
+    import app.logs
+
+    monkeypatch.setattr(logging, "_srcfile", logging._srcfile)
+    for flag in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, flag, getattr(logging, flag))
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level, logging.getLogger(name).propagate)
+             for name in ("latentserve", "uvicorn", "uvicorn.error")}
+    try:
+        app.logs.configure_logging("info", "json")
+        handler = logging.getLogger("latentserve").handlers[0]
+        stream = io.StringIO()
+        handler.setStream(stream)
+        logging.getLogger("latentserve.access").info("POST /x 200", extra={"status": 200, "rows": 2})
+        line = json.loads(stream.getvalue())
+        assert (line["message"], line["status"], line["rows"], line["logger"]) == ("POST /x 200", 200, 2, "latentserve.access")
+        assert logging._srcfile is None and not logging.logThreads  # no frame walk, no thread name per record
+    finally:
+        for name, (handlers, level, propagate) in saved.items():
+            logger = logging.getLogger(name)
+            logger.handlers[:], logger.propagate = handlers, propagate
+            logger.setLevel(level)
 
 
 async def test_draining_turns_readiness_off_and_refuses_new_work_with_connection_close(app_client):
