@@ -122,7 +122,15 @@ def chunked(data: bytes, size: int = 65536) -> Iterator[bytes]:
 def main(argv: list[str] | None = None) -> int:
     import httpx
 
-    from bench.servers import REPO, Server, free_port, http, latentserve_spec, rss_kb
+    from bench.servers import (
+        REPO,
+        Server,
+        free_port,
+        http,
+        latentserve_spec,
+        proc_kb,
+        rss_kb,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, default=REPO / "weights")
@@ -136,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, ok = [], True
 
     def hwm_kb() -> int:
-        for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        return 0
+        return proc_kb(server.proc.pid, "status", "VmHWM:")
 
     try:
         server.wait_ready()

@@ -174,26 +174,25 @@ def worker_pids(parent: int) -> list[int]:
     return sorted(pid for pid in children_map().get(parent, []) if is_worker(pid))
 
 
-def rss_kb(pid: int) -> int:
+def proc_kb(pid: int, file: str, field: str) -> int:
+    """The KiB figure of ``field`` (e.g. "VmRSS:") in /proc/<pid>/<file>; 0 if the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def rss_kb(pid: int) -> int:
+    return proc_kb(pid, "status", "VmRSS:")
 
 
 def pss_kb(pid: int) -> int:
     """Proportional set size in KiB: pages shared between processes (torch's libraries in
     LitServe's several processes) count once, split between them, where VmRSS counts them in each."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_kb(pid, "smaps_rollup", "Pss:")
 
 
 def machine_cpu_seconds() -> tuple[float, float]:

@@ -249,10 +249,11 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
     limit = settings.max_upload_pixels
 
     def decode_all() -> np.ndarray:
-        total = sum(imaging.declared_pixels(b) for b in blobs)  # headers only: refused before any decoding
-        if len(blobs) > 1 and total > limit:
-            raise PayloadTooLarge(f"{len(blobs)} images of {total} pixels in all exceed the limit of {limit} pixels "
-                                  "per request (LATENTSERVE_MAX_UPLOAD_PIXELS)")
+        if len(blobs) > 1:  # one image: decode_upload checks its own header
+            total = sum(imaging.declared_pixels(b) for b in blobs)  # headers only: refused before any decoding
+            if total > limit:
+                raise PayloadTooLarge(f"{len(blobs)} images of {total} pixels in all exceed the limit of {limit} "
+                                      "pixels per request (LATENTSERVE_MAX_UPLOAD_PIXELS)")
         return np.stack([imaging.decode_upload(b, limit, invert) for b in blobs])
 
     # in their own thread: a large upload never holds up the PNG encoding of other clients' answers
