@@ -274,7 +274,7 @@ class Registry:
         self.warmed = True
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Registry":
+    def from_settings(cls, settings: Settings) -> Registry:
         """Load every selected card. Raises ModelLoadError naming the file on the first failure."""
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)

@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         return v.lower() if isinstance(v, str) else v
 
     @model_validator(mode="after")
-    def _check_batches(self) -> "Settings":
+    def _check_batches(self) -> Settings:
         if self.min_batch_rows > self.max_batch_rows:
             raise ValueError(f"LATENTSERVE_MIN_BATCH_ROWS ({self.min_batch_rows}) must not exceed "
                              f"LATENTSERVE_MAX_BATCH_ROWS ({self.max_batch_rows})")

@@ -40,7 +40,6 @@ from bench.servers import (
     free_port,
     http,
     latentserve_spec,
-    rss_kb,
     worker_pids,
 )
 

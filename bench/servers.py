@@ -354,6 +354,6 @@ def parse_batch_rows(text: str, model: str) -> tuple[float, float]:
     """(count, sum) of latentserve_batch_rows{model=...} from Prometheus text."""
     values = {}
     for suffix in ("count", "sum"):
-        m = re.search(rf'^latentserve_batch_rows_{suffix}\{{model="{re.escape(model)}"\}} (\S+)$', text, re.M)
+        m = re.search(rf'^latentserve_batch_rows_{suffix}\{{model="{re.escape(model)}"\}} (\S+)$', text, re.MULTILINE)
         values[suffix] = float(m.group(1)) if m else 0.0
     return values["count"], values["sum"]

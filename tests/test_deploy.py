@@ -84,11 +84,11 @@ def test_deployment_selectors_do_not_overlap():
 
 def test_dockerfile_conventions():
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", text, re.M)
-    assert re.search(r"^USER 10001$", text, re.M)
-    assert re.search(r"^EXPOSE 8000$", text, re.M)
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.\d+-slim$", text, re.MULTILINE)
+    assert re.search(r"^USER 10001$", text, re.MULTILINE)
+    assert re.search(r"^EXPOSE 8000$", text, re.MULTILINE)
     assert "/healthz" in text and "HEALTHCHECK" in text
-    entry = re.search(r"^ENTRYPOINT (.+)$", text, re.M).group(1)
+    entry = re.search(r"^ENTRYPOINT (.+)$", text, re.MULTILINE).group(1)
     assert json.loads(entry) == ["latentserve"]  # exec form
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[0] == "*" and "!weights/" in ignore
