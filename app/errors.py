@@ -10,12 +10,14 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app import exceptions as ex
 
 log = logging.getLogger("latentserve.errors")
+CLIENT_CLOSED = 499  # nginx's code for "client closed request": logged and counted, never seen
 
 # exception type -> (status, code)
 ERROR_TABLE: dict[type[ex.ServiceError], tuple[int, str]] = {
@@ -87,7 +89,11 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 FRAMEWORK_CODES = {413: "payload_too_large", 415: "unsupported_media_type"}
 
 
-async def http_error_handler(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
+    if isinstance(exc.__cause__, ClientDisconnect):
+        # FastAPI's body parsing turns a client gone mid-body into a 400 "error parsing the body":
+        # counted and logged as 499 (client closed), as the fast path and /encode count it
+        return Response(status_code=CLIENT_CLOSED)
     if exc.status_code in FRAMEWORK_CODES:
         return error_response(exc.status_code, FRAMEWORK_CODES[exc.status_code], str(exc.detail),
                               headers=getattr(exc, "headers", None))

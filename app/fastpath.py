@@ -17,9 +17,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.asgi import route_path, send_json, send_response
-from app.errors import error_body, internal_error, service_error
+from app.errors import CLIENT_CLOSED, error_body, internal_error, service_error
 from app.exceptions import ServiceError
-from app.routes.generation import CLIENT_CLOSED, ClientGone, sample
+from app.routes.generation import ClientGone, sample
 from app.schemas import SampleRequest
 
 SAMPLES_RE = re.compile(r"/v1/models/([^/]+)/samples")

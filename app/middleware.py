@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.asgi import send_json
+from app.errors import internal_error
 from app.metrics import Metrics
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -52,7 +53,7 @@ class RequestContextMiddleware:
         rid = incoming_request_id(scope)
         token = request_id_var.set(rid)
         scope.setdefault("state", {})["request_id"] = rid
-        status = 500
+        status = 0  # no answer yet
         t0 = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
@@ -67,8 +68,18 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as e:
+                if status:  # the answer has begun: uvicorn drops the connection, as it must
+                    raise
+                # Starlette's handler for Exception runs outside every middleware: its 500 had no
+                # request id, no Connection: close while stopping, and a log line without the id;
+                # here the answer is the fast path's (an error id, logged with the request's id)
+                code, payload, _ = internal_error(scope["method"], scope["path"], e)
+                await send_json(send_with_id, code, payload)
         finally:
+            status = status or 500
             elapsed = time.perf_counter() - t0
             template = scope.get("latentserve.route") or getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.request(scope["method"], template, status, elapsed)

@@ -28,7 +28,10 @@ class LoadShedMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = getattr(self.state, "service", None)
-        if scope["type"] != "http" or service is None or scope["method"] not in ("POST", "GET"):
+        # while draining, the routes answer 503 + Connection: close (go to another replica), not a
+        # 429 that tells the client to come back here
+        if (scope["type"] != "http" or service is None or scope["method"] not in ("POST", "GET")
+                or self.state.draining):
             await self.app(scope, receive, send)
             return
         m = ROUTE_RE.fullmatch(route_path(scope))

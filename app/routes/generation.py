@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope
 
 from app import imaging
 from app.asgi import json_bytes
+from app.errors import CLIENT_CLOSED
 from app.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.generation import Images, label_spec
 from app.routes import ServiceDep, SettingsDep, live_service
@@ -34,7 +35,6 @@ from app.schemas import (
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["generation"])
 T = TypeVar("T")
-CLIENT_CLOSED = 499  # nginx's code for "client closed request": logged and counted, never seen
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 503, 504)}
 # a latent's length is the model's latent_dim: one example per shipped model (all zeros: the prior's mean)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.middleware import RequestIdFilter
 from tests.conftest import GAN_LATENT, VAE_LATENT
 
 GAN, VAE = "/v1/models/tiny-gan", "/v1/models/tiny-vae"
@@ -551,20 +552,32 @@ async def test_unexpected_error_is_a_500_with_an_error_id_only(app_factory, monk
         raise RuntimeError("boom at /secret/path")
 
     monkeypatch.setattr(GenerationService, "sample", broken)
+    caplog.handler.addFilter(RequestIdFilter())
     async with app_factory() as (app, client):
-        if call == "fast path":
-            r = await client.post(f"{GAN}/samples", json={"seed": 1})
-        else:  # Starlette re-raises after answering, for the server's log: as uvicorn does, carry on
-            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-                r = await c.get(f"{GAN}/samples.png", params={"seed": 1})
+        headers = {"X-Request-ID": "req-500"}
+        # the route's 500 came from Starlette's handler outside every middleware: no request id,
+        # the log line without it, and the exception raised on into the server (second review)
+        r = await (client.post(f"{GAN}/samples", json={"seed": 1}, headers=headers) if call == "fast path"
+                   else client.get(f"{GAN}/samples.png", params={"seed": 1}, headers=headers))
         err = assert_error(r, 500, "internal_error")
         assert "/secret/path" not in r.text and "boom" not in r.text
+        assert r.headers["x-request-id"] == "req-500" and "connection" not in r.headers
         error_id = err["error_id"]
         assert len(error_id) == 16 and error_id in err["message"]
         logged = [rec for rec in caplog.records if error_id in rec.getMessage()]
         assert len(logged) == 1 and "boom at /secret/path" in logged[0].getMessage() and logged[0].exc_info
+        assert logged[0].request_id == "req-500"
         assert (await client.get("/readyz")).status_code == 200  # the service goes on
+        app.state.stopping = True  # once a shutdown has begun, the 500 closes its connection too
+        try:
+            r = await client.get(f"{GAN}/samples.png", params={"seed": 1})
+            assert r.status_code == 500 and r.headers["connection"] == "close"
+        finally:
+            app.state.stopping = False
+        metrics = (await client.get("/metrics")).text
+        route = "/v1/models/{model}/samples" + ("" if call == "fast path" else ".png")
+        assert f'latentserve_requests_total{{method="{"POST" if call == "fast path" else "GET"}",route="{route}",status="500"}} ' \
+            f'{1.0 if call == "fast path" else 2.0}' in metrics
 
 
 async def test_failed_warm_up_is_fatal_and_readiness_says_failed(app_factory, monkeypatch):

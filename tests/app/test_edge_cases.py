@@ -82,6 +82,9 @@ async def test_interpolation_that_overflows_float32_is_a_422(client):
 @pytest.mark.parametrize("path, ctype, route", [
     (f"{GAN}/samples", b"application/json", "/v1/models/{model}/samples"),  # the raw ASGI fast path
     (f"{VAE}/encode", b"image/png", "/v1/models/{model}/encode"),  # request.body() raised ClientDisconnect: a 500
+    # FastAPI's body parsing turned the disconnect into a 400 "error parsing the body" (second review)
+    (f"{GAN}/decode", b"application/json", "/v1/models/{model}/decode"),
+    (f"{GAN}/interpolate", b"application/json", "/v1/models/{model}/interpolate"),
 ])
 async def test_a_body_abandoned_half_way_counts_as_client_closed(app_client, path, ctype, route):
     app, client = app_client
@@ -89,7 +92,7 @@ async def test_a_body_abandoned_half_way_counts_as_client_closed(app_client, pat
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] in ([], [499])
     text = (await client.get("/metrics")).text
     assert requests_total(text, method="POST", route=route, status="499") == 1.0
-    assert "status=\"500\"" not in text
+    assert "status=\"500\"" not in text and "status=\"400\"" not in text
     assert (await client.post(f"{GAN}/samples", json={"seed": 1})).status_code == 200  # and it goes on
 
 
@@ -230,3 +233,68 @@ async def test_openapi_has_a_decode_example_for_each_latent_size(client):
     spec = (await client.get("/openapi.json")).json()
     examples = spec["paths"]["/v1/models/{model}/decode"]["post"]["requestBody"]["content"]["application/json"]["examples"]
     assert {name: len(ex["value"]["latents"][0]) for name, ex in examples.items()} == {"fashion-vae": 16, "fashion-gan": 64}
+
+
+# A second review (2026-11-30, later): a body that makes errors by the hundred thousand, and a
+# saturated model's answer during a drain.
+
+def _many(prefix: str, item: str, suffix: str, size: int = 400_000) -> bytes:
+    return (prefix + ",".join([item] * (size // (len(item) + 1))) + suffix).encode()
+
+
+@pytest.mark.parametrize("path, body", [
+    (f"{GAN}/samples", _many('{"labels":[', "true", "]}")),  # was 2 errors per label: 160,000
+    (f"{GAN}/decode", _many('{"latents":[', "[" + ",".join(['"a"'] * 1000) + "]", "]}")),  # one per value
+    (f"{GAN}/decode", _many('{"latents":[[0]],"labels":[', "true", "]}")),
+    (f"{GAN}/samples", ("{" + ",".join(f'"k{i}":0' for i in range(30_000)) + "}").encode()),  # unknown fields
+    (f"{GAN}/interpolate", ('{"end":{"seed":1},"start":{' + ",".join(f'"k{i}":0' for i in range(30_000)) + "}}").encode()),
+])
+async def test_a_body_of_many_bad_items_gets_a_few_errors(client, path, body):
+    """A 1 MB body of wrong-typed items made one validation error per item (400,000 for labels),
+    and building and sending them held the event loop for 2-6 s and sent a 19-41 MB answer. Lists
+    now stop at their first bad item, and many unknown fields are one error."""
+    r = await client.post(path, content=body, headers={"content-type": "application/json"})
+    err = assert_error(r, 422, "invalid_request")
+    assert 1 <= len(err["details"]) <= 8 and len(r.content) < 4000, (len(err["details"]), len(r.content))
+
+
+def test_lists_stop_at_their_first_bad_item_and_unknown_fields_are_counted():
+    from pydantic import ValidationError
+
+    from app.schemas import MAX_UNKNOWN_FIELDS, DecodeRequest, SampleRequest
+
+    with pytest.raises(ValidationError) as e:
+        SampleRequest.model_validate_json('{"labels": [1, true, true, null]}')
+    in_list = [x["loc"][2:] for x in e.value.errors() if x["loc"][1].startswith("list")]
+    assert in_list == [(1, "int"), (1, "str")]  # the first bad label's two tries (index or name), then no more
+    with pytest.raises(ValidationError) as e:
+        DecodeRequest.model_validate_json('{"latents": [[0, "a", "b"], [true]]}')
+    assert [x["loc"] for x in e.value.errors()] == [("latents", 0, 1)]
+    few = {f"k{i}": 0 for i in range(MAX_UNKNOWN_FIELDS)}  # a few unknown fields: one error each, as before
+    with pytest.raises(ValidationError) as e:
+        SampleRequest.model_validate({"n": 1, **few})
+    assert {x["type"] for x in e.value.errors()} == {"extra_forbidden"} and e.value.error_count() == MAX_UNKNOWN_FIELDS
+    many = {f"k{i}": 0 for i in range(MAX_UNKNOWN_FIELDS + 9)}
+    with pytest.raises(ValidationError) as e:
+        SampleRequest.model_validate({"n": 1, "seed": 2, **many})
+    (only,) = e.value.errors()
+    assert only["type"] == "value_error" and f"{MAX_UNKNOWN_FIELDS + 9} unknown fields ('k0', 'k1'" in only["msg"]
+    assert SampleRequest.model_validate_json('{"n": 2, "labels": [1, "Bag"]}').labels == [1, "Bag"]
+
+
+async def test_a_saturated_model_answers_503_and_close_while_draining(app_client):
+    """The load shedder answered 429 "retry after 1 s" during a drain: a gateway does not retry
+    a 429 elsewhere, and the client was told to come back to a replica that is going away."""
+    app, client = app_client
+    batcher = app.state.service.generators["tiny-gan"]
+    batcher.saturated = lambda: True
+    try:
+        assert_error(await client.post(f"{GAN}/samples", json={"seed": 1}), 429, "queue_full")
+        app.state.stopping = app.state.draining = True  # what a SIGTERM sets (app.serving)
+        for r in (await client.post(f"{GAN}/samples", json={"seed": 1}),
+                  await client.get(f"{GAN}/samples.png", params={"seed": 1})):
+            assert_error(r, 503, "not_ready")
+            assert r.headers["connection"] == "close" and "retry-after" not in r.headers
+    finally:
+        app.state.stopping = app.state.draining = False
+        del batcher.saturated
