@@ -140,5 +140,5 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                            expose_headers=["X-Seed", "X-Model-Version", "X-Labels", "X-Request-ID", "ETag", "Retry-After"],
                            max_age=600)
     app.add_middleware(ProxyHeadersMiddleware, trusted=settings.forwarded_allow_ips)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, state=app.state)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, state=app.state, routes=app.routes)
     return app

@@ -41,10 +41,25 @@ def incoming_request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, state: Any = None):
+    def __init__(self, app: ASGIApp, metrics: Metrics, state: Any = None, routes: list | None = None):
         self.app = app
         self.metrics = metrics
         self.state = state  # the app's: once a shutdown has begun (stopping), every answer closes its connection
+        self.routes = routes if routes is not None else []  # the app's (a reference: routes added later count)
+
+    def _template(self, scope: Scope) -> str:
+        """The route label: the path template the request matched, else "unmatched". FastAPI's
+        own documentation routes (/openapi.json, /docs, /redoc) are plain Starlette routes, which
+        leave only their endpoint in the scope, not the route."""
+        template = scope.get("latentserve.route") or getattr(scope.get("route"), "path", None)
+        if template:
+            return template
+        endpoint = scope.get("endpoint")
+        if endpoint is not None:
+            for route in self.routes:
+                if getattr(route, "endpoint", None) is endpoint:
+                    return route.path
+        return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,8 +96,7 @@ class RequestContextMiddleware:
         finally:
             status = status or 500
             elapsed = time.perf_counter() - t0
-            template = scope.get("latentserve.route") or getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.request(scope["method"], template, status, elapsed)
+            self.metrics.request(scope["method"], self._template(scope), status, elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 extra = {"method": scope["method"], "path": scope["path"], "status": status,
                          "latency_ms": round(elapsed * 1000.0, 2), "client": (scope.get("client") or ("-",))[0]}
@@ -153,6 +167,6 @@ class HeadAsGetMiddleware:
             await self.app(inner, receive, headers_only)
         finally:
             # what the router found, for the metrics and the access log of the outer layers
-            for key in ("route", "latentserve.route"):
+            for key in ("route", "latentserve.route", "endpoint"):
                 if key in inner:
                     scope[key] = inner[key]

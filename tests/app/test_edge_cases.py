@@ -143,6 +143,21 @@ async def test_head_requests_are_counted_under_their_route(client):
     assert requests_total(text, method="HEAD", route="unmatched", status="200") == 0.0
 
 
+async def test_documentation_routes_are_counted_under_their_paths(client):
+    """FastAPI's /openapi.json and /docs are plain Starlette routes, which put no route in the
+    scope: they counted as route="unmatched" with status 200 (fourth review)."""
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert (await client.get(path)).status_code == 200
+    assert (await client.head("/openapi.json")).status_code == 200
+    assert (await client.get("/no/such/path")).status_code == 404
+    text = (await client.get("/metrics")).text
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert requests_total(text, method="GET", route=path, status="200") == 1.0
+    assert requests_total(text, method="HEAD", route="/openapi.json", status="200") == 1.0
+    assert requests_total(text, method="GET", route="unmatched", status="200") == 0.0
+    assert requests_total(text, method="GET", route="unmatched", status="404") == 1.0
+
+
 async def test_fast_path_and_shedding_match_whole_paths(app_client):
     """The fast path's pattern was anchored only at its end: /junk/v1/models/.../samples was a 200."""
     app, client = app_client
