@@ -129,7 +129,9 @@ class Batcher:
 
     async def stop(self) -> None:
         self._accepting = False
-        in_flight = list(self._in_flight_jobs)  # the worker clears this as it is cancelled
+        # the worker clears these as it is cancelled: rows taken into a pass (or topping one up)
+        # are no longer queued, so failing their jobs counts only the rows not taken yet
+        in_flight, in_flight_rows = list(self._in_flight_jobs), self._in_flight
         if self._task is not None:
             self._task.cancel()
             try:
@@ -137,6 +139,8 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if in_flight_rows:  # the pass may finish in its thread, but nobody gets its rows
+            self.metrics.rows(self.name, "failed", in_flight_rows)
         for job in [*in_flight, *self._queue]:
             self._fail(job, NotReady("the service is shutting down"), "failed")
         self._queue.clear()
