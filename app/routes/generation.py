@@ -163,6 +163,15 @@ async def samples(model: str, body: SampleRequest, request: Request) -> Response
         return Response(status_code=CLIENT_CLOSED)
 
 
+def _one_query_label(request: Request) -> None:
+    """A query takes one label, for every image. A repeated ?label= took its last value
+    silently, where a client may have meant one label per image."""
+    count = len(request.query_params.getlist("label"))
+    if count > 1:
+        raise InvalidInput(f"label given {count} times in the query: it takes one label for every image "
+                           "(POST a JSON body or form fields for one label per image)")
+
+
 def _etag(*parts: Any) -> str:
     digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()[:32]
     return f'"{digest}"'
@@ -184,6 +193,7 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
                       columns: Annotated[int, Query(ge=1, le=256)] = 8,
                       truncation: Annotated[float, Query(gt=0.0, le=1.0)] = 1.0,
                       scale: Annotated[int, Query(ge=1, le=16)] = 1) -> Response:
+    _one_query_label(request)
     labels = None if label is None else label_spec(label)
     m, _ = service.check_sample(model, n, labels)  # a request that is a 4xx is never a 304
     cache: dict[str, str] = {"Cache-Control": "no-store"}
@@ -228,6 +238,7 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
                  label: Annotated[str | None, Query(max_length=64, description="class index or name for every image")] = None,
                  invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
     m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
+    _one_query_label(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         body = await request.body()  # bounded by LATENTSERVE_MAX_UPLOAD_BYTES (BodyLimitMiddleware); kept for form()
@@ -237,7 +248,10 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
     if ctype == "multipart/form-data":
         async with request.form(max_files=settings.max_images_per_request, max_fields=settings.max_images_per_request + 8) as form:
             files = [f for f in form.getlist("file") if not isinstance(f, str)]
-            labels = labels or [v for v in form.getlist("label") if isinstance(v, str)]
+            form_labels = [v for v in form.getlist("label") if isinstance(v, str)]
+            if labels and form_labels:
+                raise InvalidInput("labels given both as ?label= and as form fields: give one or the other")
+            labels = labels or form_labels
             blobs = [await f.read() for f in files]
         if not blobs:
             raise InvalidInput("multipart upload without a `file` part")

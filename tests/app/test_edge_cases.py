@@ -289,6 +289,11 @@ def test_lists_stop_at_their_first_bad_item_and_unknown_fields_are_counted():
     with pytest.raises(ValidationError) as e:
         SampleRequest.model_validate({"n": 1, **few})
     assert {x["type"] for x in e.value.errors()} == {"extra_forbidden"} and e.value.error_count() == MAX_UNKNOWN_FIELDS
+    one_more = {f"k{i}": 0 for i in range(MAX_UNKNOWN_FIELDS + 1)}  # counted alone, known fields aside
+    for known in ({}, {"n": 2}, {"n": 2, "seed": 1, "scale": 2}):
+        with pytest.raises(ValidationError) as e:
+            SampleRequest.model_validate({**known, **one_more})
+        assert e.value.error_count() == 1 and f"{MAX_UNKNOWN_FIELDS + 1} unknown fields" in e.value.errors()[0]["msg"]
     many = {f"k{i}": 0 for i in range(MAX_UNKNOWN_FIELDS + 9)}
     with pytest.raises(ValidationError) as e:
         SampleRequest.model_validate({"n": 1, "seed": 2, **many})
@@ -313,3 +318,28 @@ async def test_a_saturated_model_answers_503_and_close_while_draining(app_client
     finally:
         app.state.stopping = app.state.draining = False
         del batcher.saturated
+
+
+async def test_a_repeated_query_label_is_refused(client):
+    """?label=Bag&label=Coat took the last label for every image, silently, where the client may
+    have meant one per image (README contract check)."""
+    err = assert_error(await client.get(f"{GAN}/samples.png", params=[("n", 2), ("seed", 1), ("label", 8), ("label", 4)]),
+                       422, "invalid_request")
+    assert "label given 2 times" in err["message"]
+    r = await client.get(f"{GAN}/samples.png", params={"n": 2, "seed": 1, "label": 4})
+    assert r.status_code == 200 and r.headers["x-labels"] == "4,4"
+    png = png_of(28, 28)
+    err = assert_error(await client.post(f"{VAE}/encode", params=[("label", 1), ("label", 2)], content=png,
+                                         headers={"content-type": "image/png"}), 422, "invalid_request")
+    assert "label given 2 times" in err["message"]
+
+
+async def test_encode_refuses_labels_both_in_the_query_and_the_form(client):
+    """The query's label silently won over the form's (README contract check)."""
+    png = png_of(28, 28)
+    err = assert_error(await client.post(f"{VAE}/encode", params={"label": 4}, files={"file": ("a.png", png, "image/png")},
+                                         data={"label": "Bag"}), 422, "invalid_request")
+    assert "both" in err["message"]
+    for params, data in (({"label": 4}, {}), ({}, {"label": "4"})):
+        r = await client.post(f"{VAE}/encode", params=params, files={"file": ("a.png", png, "image/png")}, data=data)
+        assert r.status_code == 200 and r.json()["latents"][0]["label"] == 4
