@@ -57,10 +57,12 @@ def main() -> int:
         DrainingServer,
         StartupError,
         build_app,
+        ignore_hangup,
         prepare_process,
         uvicorn_config,
     )
 
+    ignore_hangup()  # from here, while the models load too
     try:
         app = build_app(settings)
     except StartupError as e:

@@ -93,6 +93,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             state.ready = False
             metrics.set_ready(False)
             warm.cancel()
+            # the warm-up runs on in the forward thread, which the shutdown below waits for: it
+            # stops at its next pass instead of finishing every shape (DRAIN_TIMEOUT_S bounds a stop)
+            reg.stopping.set()
             # one budget for the whole stop: the requests had DRAIN_TIMEOUT_S (app.serving), so the
             # batches get what is left of it; their rows are mostly done or dropped by now
             budget = settings.drain_timeout_s
@@ -134,6 +137,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     keys = settings.all_api_keys()
     if keys:
         app.add_middleware(ApiKeyMiddleware, keys=keys, protect_metrics=settings.protect_metrics)
+    else:  # said once at start-up: a missing secret (optional in deploy/k8s) leaves the service open
+        log.warning("no API keys (LATENTSERVE_API_KEYS, LATENTSERVE_API_KEYS_FILE): every route is open")
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "If-None-Match"],

@@ -62,6 +62,15 @@ def bucket_sizes(min_rows: int, max_rows: int) -> list[int]:
 MIN_DENSE_ROWS = 4
 
 
+class WarmUpStopped(Exception):
+    """A shutdown began while the models warmed up: the rest of the warm-up is skipped."""
+
+
+def _check(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise WarmUpStopped("a shutdown began during the warm-up")
+
+
 class _RowStableLinear(nn.Module):
     """A linear layer that always runs with at least MIN_DENSE_ROWS more rows than it is given
     (zero rows appended, their outputs dropped): a row's result no longer depends on whether it
@@ -163,7 +172,7 @@ class ServedModel:
     def _pixels(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return to_uint8(self.module.generate(z, y))
 
-    def script(self) -> bool:
+    def script(self, stop: threading.Event | None = None) -> bool:
         """Make the forward pass one frozen TorchScript graph, kept only if its pixels equal eager
         mode's bit for bit at every batch shape (checked after the graph executor's first runs,
         which may optimise it). Returns whether it was kept.
@@ -181,6 +190,7 @@ class ServedModel:
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notice and tracer warnings
                 graph = torch.jit.freeze(torch.jit.trace(_Pixels(self.module).eval(), (z, y), check_trace=False))
                 for size in self.buckets:
+                    _check(stop)
                     expected = self._pixels(z[:size], y[:size])
                     for _ in range(3):  # the profiling executor settles on its plan in the first runs
                         got = graph(z[:size], y[:size])
@@ -188,6 +198,8 @@ class ServedModel:
                         log.warning("%s: the TorchScript pass differs from eager mode at %d rows; eager it is",
                                     self.name, size)
                         return False
+        except WarmUpStopped:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure to trace leaves the eager pass, which works
             log.warning("%s: no TorchScript pass (%r); eager it is", self.name, e)
             return False
@@ -205,7 +217,7 @@ class ServedModel:
             mu, logvar = self.module.encode(xx, yy)
             return torch.stack([mu[:rows], logvar[:rows]], dim=1).float().cpu().numpy()
 
-    def calibrate(self) -> list[int]:
+    def calibrate(self, stop: threading.Event | None = None) -> list[int]:
         """Keep only the batch shapes whose rows are bitwise identical to the largest shape's.
 
         PyTorch picks kernels by shape (on this CPU, with the dense layers row-stable: the GAN
@@ -224,6 +236,7 @@ class ServedModel:
         ref = run(top)
         keep = [top]
         for size in reversed(self.buckets[:-1]):
+            _check(stop)
             if not torch.equal(run(size), ref[:size]):
                 break
             keep.insert(0, size)
@@ -231,14 +244,17 @@ class ServedModel:
         log.info("%s: batch shapes %s (bitwise identical rows)", self.name, keep)
         return keep
 
-    def warm_up(self) -> None:
+    def warm_up(self, stop: threading.Event | None = None) -> None:
         """Calibrate the batch shapes, then one pass per shape (and per operation), so no
-        request pays for first-use costs."""
-        self.calibrate()
+        request pays for first-use costs. ``stop``, once set, ends it (WarmUpStopped) at the next
+        pass or trace: a shutdown need not wait for the whole warm-up."""
+        _check(stop)
+        self.calibrate(stop)
         if self.torchscript:
-            self.script()
+            self.script(stop)
         c, h, w = self.image_shape
         for size in self.buckets:
+            _check(stop)
             z = torch.zeros(size, self.latent_dim)
             y = torch.arange(size) % len(self.classes)
             out = self.generate_rows(z, y)
@@ -261,6 +277,7 @@ class Registry:
         self.models = models
         self.device = device
         self.warmed = False
+        self.stopping = threading.Event()  # set at shutdown: a warm-up still running ends early
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name)
@@ -270,7 +287,7 @@ class Registry:
 
     def warm_up(self) -> None:
         for model in self.models.values():
-            model.warm_up()
+            model.warm_up(self.stopping)
         self.warmed = True
 
     @classmethod

@@ -4,6 +4,7 @@ server that turns readiness off the moment a shutdown starts, and the process-wi
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 import time
@@ -129,6 +130,19 @@ class DrainingServer(uvicorn.Server):
             if self.refuse_new_work:
                 app.state.draining = True
         super().handle_exit(sig, frame)
+
+
+def _hangup(signum: int, frame: object) -> None:
+    logging.getLogger("latentserve").warning(
+        "SIGHUP ignored: one process has no workers to restart (LATENTSERVE_WORKERS > 1 restarts them "
+        "one by one on SIGHUP); SIGTERM stops it")
+
+
+def ignore_hangup() -> None:
+    """A single process: SIGHUP's default action killed it mid-request, with no drain (`docker run
+    --init` forwards it, as do systemd's reload and a closed terminal). Only a supervisor
+    (app.workers) gives SIGHUP a meaning, a rolling restart."""
+    signal.signal(signal.SIGHUP, _hangup)
 
 
 def prepare_process() -> None:

@@ -115,8 +115,15 @@ class Settings(BaseSettings):
                 text = Path(self.api_keys_file).read_text()
             except OSError as e:
                 raise ValueError(f"LATENTSERVE_API_KEYS_FILE: cannot read {self.api_keys_file} ({e.strerror})") from None
-            keys += [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-        return [k for k in keys if k]
+            from_file = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            if not from_file:  # an emptied or rotated-away secret must not turn the keys off
+                raise ValueError(f"LATENTSERVE_API_KEYS_FILE: {self.api_keys_file} holds no key (only blank or # lines); "
+                                 "unset the variable to serve without keys")
+            keys += from_file
+        keys = [k for k in keys if k]
+        if self.protect_metrics and not keys:
+            raise ValueError("LATENTSERVE_PROTECT_METRICS=true needs API keys (LATENTSERVE_API_KEYS or LATENTSERVE_API_KEYS_FILE)")
+        return keys
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -86,8 +86,15 @@ def test_real_server_serves_batches_and_exits_cleanly_on_sigterm(server):
         metrics = c.get("/metrics").text
     line = next(l for l in metrics.splitlines() if l.startswith('latentserve_batch_rows_sum{model="tiny-gan"}'))
     assert float(line.split()[-1]) >= 49
+    # a single process has no workers to restart: SIGHUP's default action killed it mid-request
+    proc.send_signal(signal.SIGHUP)
+    with httpx.Client(base_url=base, timeout=30) as c:
+        for _ in range(5):
+            assert c.get("/readyz").status_code == 200
+        assert c.get("/v1/models/tiny-gan/samples.png", params={"seed": 3, "label": "Bag"}).content == alone
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
+    assert "SIGHUP ignored" in proc.stdout.read()
 
 
 @pytest.mark.e2e

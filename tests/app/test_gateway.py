@@ -6,6 +6,8 @@ import io
 import json
 import logging
 
+import pytest
+
 from app.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.logs import JsonFormatter
 from app.middleware import RequestIdFilter
@@ -172,3 +174,18 @@ def test_trusted_proxy_answers_are_cached_within_a_bound():
     for i in range(10_000):  # addresses from X-Forwarded-For are the client's to choose
         assert mw._trusted(f"10.0.{i // 256 % 256}.{i % 256}") and not mw._trusted(f"172.16.{i // 256 % 256}.{i % 256}")
     assert len(mw._seen) <= 4096
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# rotated; keys below\n\n   \n"])
+def test_a_keys_file_without_keys_is_refused_not_open(tmp_path, text):
+    """An emptied or rotated keys file gave no keys, and the service ran open, without a word."""
+    from app.settings import Settings
+
+    keys = tmp_path / "keys"
+    keys.write_text(text)
+    with pytest.raises(ValueError, match="holds no key"):
+        Settings(api_keys_file=keys).all_api_keys()
+    with pytest.raises(ValueError, match="PROTECT_METRICS=true needs API keys"):
+        Settings(protect_metrics=True).all_api_keys()
+    assert Settings(api_keys="a,b", protect_metrics=True).all_api_keys() == ["a", "b"]
+    assert Settings().all_api_keys() == []

@@ -189,3 +189,43 @@ def test_both_model_kinds_serve_in_a_half_dtype(tiny_weights, dtype):
     vae = reg.get("tiny-vae")
     stats = vae.encode_rows(torch.rand(8, *vae.image_shape), torch.arange(8) % len(vae.classes))
     assert stats.dtype == np.float32 and stats.shape == (8, 2, vae.latent_dim) and np.isfinite(stats).all()
+
+
+def test_a_warm_up_asked_to_stop_ends_at_its_next_pass(tiny_weights, monkeypatch):
+    """SIGTERM during the warm-up waited for all of it: the shutdown joins the forward thread,
+    which ran every shape of every model (17 s in the review's repro, against a 4 s budget)."""
+    from app.registry import ServedModel, WarmUpStopped
+
+    reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16))
+    passes: list[int] = []
+    original = ServedModel.generate_rows
+
+    def counted(self, z, y):
+        passes.append(len(z))
+        if len(passes) == 2:
+            reg.stopping.set()  # what the lifespan's shutdown does
+        return original(self, z, y)
+
+    monkeypatch.setattr(ServedModel, "generate_rows", counted)
+    with pytest.raises(WarmUpStopped):
+        reg.warm_up()
+    assert len(passes) == 2 and not reg.warmed  # stopped at the pass after the flag
+    reg.stopping.clear()
+    reg.warm_up()  # and a warm-up not asked to stop runs every shape of every model
+    shapes = sum(len(m.buckets) for m in reg.models.values())
+    assert reg.warmed and len(passes) == 2 + shapes
+
+
+def test_stop_is_checked_in_calibration_and_tracing_too(tiny_weights):
+    import threading
+
+    from app.registry import WarmUpStopped
+
+    reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16))
+    model = reg.get("tiny-gan")
+    stop = threading.Event()
+    stop.set()
+    for step in (model.calibrate, model.script, model.warm_up):
+        with pytest.raises(WarmUpStopped):
+            step(stop)
+    assert model.graph is None  # no TorchScript pass kept from a stopped trace
