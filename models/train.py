@@ -100,15 +100,19 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-                "noise": self.noise.get_state(), "torch_rng": torch.get_rng_state()}
+                "noise": self.noise.get_state(), "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, m in self.modules().items():
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
-        self.noise.set_state(state["noise"])
-        torch.set_rng_state(state["torch_rng"])
+        # random states are CPU byte tensors, whatever device the checkpoint was mapped to
+        self.noise.set_state(state["noise"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda" and "cuda_rng" in state:  # dropout on the GPU draws from it
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
 
     def randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.noise).to(self.device)
@@ -185,7 +189,9 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
     sums: dict[str, float] = {}  # running loss sums of the current epoch
     steps_done = 0
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        # to the CPU: load_state_dict moves the weights and optimiser states to the device, and
+        # the random states must stay CPU tensors
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         trainer.load_state_dict(state["trainer"])
         epoch, pos, global_step, elapsed = state["epoch"], state["pos"], state["global_step"], state["elapsed"]
         history = state["history"]

@@ -1,5 +1,6 @@
 """models.card: safetensors + JSON card round trip and every load error."""
 
+import dataclasses
 import json
 
 import pytest
@@ -154,7 +155,7 @@ def test_config_mismatching_tensors(saved_gan, change):
 def test_kind_mismatching_tensors(saved_gan):
     """GAN weights under a VAE card: the tensor names differ, and the error says so."""
     card_path, _, _ = saved_gan
-    edit_card(card_path, kind="vae", config={})
+    edit_card(card_path, kind="vae", config=dataclasses.asdict(VAEConfig()))
     with pytest.raises(ModelLoadError, match=r"tiny-gan\.safetensors: tensors do not match .*missing \['decoder"):
         load_model(card_path)
 
@@ -164,6 +165,45 @@ def test_unknown_config_key(saved_gan):
     card = json.loads(card_path.read_text())
     edit_card(card_path, config={**card["config"], "depth": 3})
     with pytest.raises(ModelLoadError, match=r"tiny-gan\.json: cannot build the model .*depth"):
+        load_model(card_path)
+
+
+@pytest.mark.parametrize("key", ["latent_dim", "g_channels"])
+def test_a_config_must_name_every_size(saved_gan, key):
+    """A key left out was filled with its default: a card without latent_dim loaded (the shipped
+    sizes are the defaults) and the service then failed its warm-up with KeyError('latent_dim')."""
+    card_path, _, _ = saved_gan
+    config = json.loads(card_path.read_text())["config"]
+    del config[key]
+    edit_card(card_path, config=config)
+    with pytest.raises(ModelLoadError, match=rf"tiny-gan\.json: cannot build the model .*lacks \['{key}'\]"):
+        load_model(card_path)
+
+
+@pytest.mark.parametrize("change", [{"g_channels": -2}, {"latent_dim": 0}, {"embed_dim": -1}])
+def test_impossible_sizes_name_the_card(saved_gan, change):
+    """A negative size raised torch's RuntimeError, which start-up does not turn into its one-line
+    "cannot load models" exit: a traceback that named no file."""
+    card_path, _, _ = saved_gan
+    card = json.loads(card_path.read_text())
+    edit_card(card_path, config={**card["config"], **change})
+    with pytest.raises(ModelLoadError, match=r"tiny-gan\.(json: cannot build|safetensors: tensor)"):
+        load_model(card_path)
+
+
+@pytest.mark.parametrize("image", [None, {}, {"channels": 1, "height": 28}, {"channels": 3, "height": 28, "width": 28},
+                                   {"channels": 1, "height": 0, "width": 28}, {"channels": 1, "height": "28", "width": 28},
+                                   {"channels": True, "height": 28, "width": 28}, [1, 28, 28]])
+def test_a_card_must_give_the_image_size(saved_gan, image):
+    """The service reads card["image"]: without it the card loaded and warm-up failed with KeyError('image')."""
+    card_path, _, _ = saved_gan
+    card = json.loads(card_path.read_text())
+    if image is None:
+        del card["image"]
+        card_path.write_text(json.dumps(card))
+    else:
+        edit_card(card_path, image=image)
+    with pytest.raises(ModelLoadError, match=r"tiny-gan\.json: image must give positive integer channels"):
         load_model(card_path)
 
 

@@ -113,6 +113,24 @@ def test_resume_matches_uninterrupted_run(tmp_path, kind, stop):
         assert torch.equal(want[k], got[k]), k
 
 
+def test_resume_reads_the_checkpoint_onto_the_cpu(tmp_path, monkeypatch):
+    """Mapped to the training device, a checkpoint put the random states there too, and
+    Generator.set_state and torch.set_rng_state take CPU byte tensors only: on a GPU every
+    --resume stopped with a TypeError before its first step."""
+    x, y = patterns(64)
+    cfg = config("vae", tmp_path, epochs=2)
+    run(cfg, x, y, progress=False, max_steps=1)
+    seen, real = [], torch.load
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("map_location"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    _, log = run(cfg, x, y, progress=False, resume=True)
+    assert seen == ["cpu"] and log["steps"] == 4
+
+
 def test_resume_history_matches_uninterrupted_run(tmp_path):
     """The per-epoch history after an interrupted+resumed run is the uninterrupted run's:
     one entry per epoch, with the epoch's mean loss over all its steps."""
