@@ -106,6 +106,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             forward_executor.shutdown(wait=True)
             state.png_executor.shutdown(wait=True)
             state.upload_executor.shutdown(wait=True)
+            if registry is None:  # loaded here: its part threads end with this app
+                reg.close()
 
     otel = settings.opentelemetry
     app = FastAPI(title="latentserve", version="0.1.0", lifespan=lifespan,

@@ -7,6 +7,8 @@ import logging
 import re
 import threading
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,13 @@ def stable_dense_rows(module: nn.Module) -> None:
         setattr(parent, name, _RowStableLinear(child))
 
 
+def _one_thread(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+    """A part of a split pass: its ops in this thread alone (torch's thread count is set per
+    thread, each new thread starting from the process's)."""
+    torch.set_num_threads(1)
+    return fn(*inputs)
+
+
 class _Pixels(nn.Module):
     """generate + the uint8 conversion as one module, so one TorchScript call makes a pass's pixels."""
 
@@ -121,6 +130,9 @@ class ServedModel:
     torchscript: bool = False  # warm-up tries a TorchScript pass (LATENTSERVE_TORCHSCRIPT)
     layout: str = "nchw"  # the convolution weights' memory layout, "nhwc" with LATENTSERVE_CHANNELS_LAST on a CPU
     graph: Any = field(default=None, repr=False)  # the frozen TorchScript pass, once script() kept it
+    parts: int = 1  # most parts a pass is split into (LATENTSERVE_SPLIT_PASSES), each run by part_pool
+    part_pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    threads: int = 0  # torch threads of an unsplit pass, set again before each one when parts > 1
 
     @property
     def latent_dim(self) -> int:
@@ -166,11 +178,39 @@ class ServedModel:
         with self.lock, torch.inference_mode():
             zz = self._pad(z, size).to(self.device, self.dtype, non_blocking=True)
             yy = self._pad(y, size).to(self.device, non_blocking=True)
-            pixels = self.graph(zz, yy) if self.graph is not None else self._pixels(zz, yy)
+            pixels = self._in_parts(self._pass, size, zz, yy)
             return pixels[:rows].cpu().numpy()  # uint8 before leaving the device
+
+    def _pass(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # thread-local: a part runs in a thread of its own
+            return self.graph(z, y) if self.graph is not None else self._pixels(z, y)
 
     def _pixels(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return to_uint8(self.module.generate(z, y))
+
+    def split(self, size: int) -> int:
+        """How many parts a pass of ``size`` rows (a batch shape) runs as: ``parts``, halved until
+        each part is a batch shape too (at least the smallest one), so that every part's rows
+        are those of the unsplit pass (the calibration's check) and a lone row is never split."""
+        n = self.parts
+        while n > 1 and size // n < self.buckets[0]:
+            n //= 2
+        return n
+
+    def _in_parts(self, fn: Callable[..., torch.Tensor], size: int, *inputs: torch.Tensor) -> torch.Tensor:
+        """fn over ``inputs`` (rows first), as split(size) parts run at once in the part threads.
+
+        Why: on a CPU, one pass with its ops split across the threads meets an OpenMP barrier at
+        every op, and a thread the event loop has taken from a core stalls the others at each of
+        them; parts of one thread each run independently (docs/benchmarks.md, sixth session)."""
+        n = self.split(size)
+        if n == 1 or self.part_pool is None:
+            if self.threads:  # a pass too small to split (a lone row) keeps every thread
+                torch.set_num_threads(self.threads)
+            return fn(*inputs)
+        futures = [self.part_pool.submit(_one_thread, fn, *chunk) for chunk in zip(*(t.chunk(n) for t in inputs))]
+        wait(futures)  # every part ends before the lock is released, even when one failed
+        return torch.cat([f.result() for f in futures])
 
     def script(self, stop: threading.Event | None = None) -> bool:
         """Make the forward pass one frozen TorchScript graph, kept only if its pixels equal eager
@@ -214,8 +254,13 @@ class ServedModel:
         with self.lock, torch.inference_mode():
             xx = self._pad(x, size).to(self.device, self.dtype)
             yy = self._pad(y, size).to(self.device)
-            mu, logvar = self.module.encode(xx, yy)
-            return torch.stack([mu[:rows], logvar[:rows]], dim=1).float().cpu().numpy()
+            out = self._in_parts(self._encode, size, xx, yy)
+            return out[:rows].float().cpu().numpy()
+
+    def _encode(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            mu, logvar = self.module.encode(x, y)
+            return torch.stack([mu, logvar], dim=1)
 
     def calibrate(self, stop: threading.Event | None = None) -> list[int]:
         """Keep only the batch shapes whose rows are bitwise identical to the largest shape's.
@@ -244,6 +289,41 @@ class ServedModel:
         log.info("%s: batch shapes %s (bitwise identical rows)", self.name, keep)
         return keep
 
+    def check_split(self, stop: threading.Event | None = None) -> bool:
+        """Keep split passes only if, at every batch shape that splits, their output equals the
+        unsplit pass's bit for bit (pixels, and the VAE's encoder too): the parts run with one
+        thread each, and a kernel could reduce in another order with fewer threads. Returns
+        whether passes are split; a difference logs a warning and turns splitting off."""
+        if self.parts == 1:
+            return False
+        c, h, w = self.image_shape
+        top = self.buckets[-1]
+        g = torch.Generator().manual_seed(2)
+        z, x = torch.randn(top, self.latent_dim, generator=g), torch.rand(top, c, h, w, generator=g)
+        y = torch.arange(top) % len(self.classes)
+        checks = [self.generate_rows] + ([] if self.kind != "vae" else [self.encode_rows])
+        parts = self.parts
+        for size in self.buckets:
+            if self.split(size) == 1:
+                continue
+            for run in checks:
+                _check(stop)
+                inputs = (z[:size] if run == self.generate_rows else x[:size], y[:size])
+                split = run(*inputs)
+                self.parts = 1
+                try:
+                    whole = run(*inputs)
+                finally:
+                    self.parts = parts
+                if not np.array_equal(split, whole):
+                    log.warning("%s: a pass of %d rows split in %d parts differs from the whole pass; passes "
+                                "are not split", self.name, size, self.split(size))
+                    self.parts = 1
+                    return False
+        log.info("%s: passes of %s rows run as %d parts, one thread each (bitwise equal to whole passes)",
+                 self.name, [b for b in self.buckets if self.split(b) > 1], parts)
+        return True
+
     def warm_up(self, stop: threading.Event | None = None) -> None:
         """Calibrate the batch shapes, then one pass per shape (and per operation), so no
         request pays for first-use costs. ``stop``, once set, ends it (WarmUpStopped) at the next
@@ -252,6 +332,7 @@ class ServedModel:
         self.calibrate(stop)
         if self.torchscript:
             self.script(stop)
+        self.check_split(stop)
         c, h, w = self.image_shape
         for size in self.buckets:
             _check(stop)
@@ -272,12 +353,28 @@ class ServedModel:
                 "metrics": self.card.get("metrics", {}), "sha256": self.sha256}
 
 
+def pass_parts(device: torch.device, threads: int, split: bool) -> int:
+    """How many one-thread parts a pass may run as (LATENTSERVE_SPLIT_PASSES): on a CPU, the
+    largest power of two <= the torch threads (parts are batch shapes, which are powers of two);
+    1 = passes are not split (a GPU, one thread, or the setting off)."""
+    if not split or device.type != "cpu" or threads < 2:
+        return 1
+    return 1 << (threads.bit_length() - 1)
+
+
 class Registry:
-    def __init__(self, models: dict[str, ServedModel], device: torch.device):
+    def __init__(self, models: dict[str, ServedModel], device: torch.device,
+                 part_pool: ThreadPoolExecutor | None = None):
         self.models = models
         self.device = device
         self.warmed = False
         self.stopping = threading.Event()  # set at shutdown: a warm-up still running ends early
+        self.part_pool = part_pool
+
+    def close(self) -> None:
+        """Stop the part threads (after the last pass: the forward executor has shut down)."""
+        if self.part_pool is not None:
+            self.part_pool.shutdown(wait=True)
 
     def get(self, name: str) -> ServedModel:
         model = self.models.get(name)
@@ -296,6 +393,9 @@ class Registry:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         device = resolve_device(settings.device)
+        threads = torch.get_num_threads()
+        parts = pass_parts(device, threads, settings.split_passes)
+        part_pool = ThreadPoolExecutor(parts, thread_name_prefix="pass-part") if parts > 1 else None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False  # algorithm choice must not depend on timing
             torch.backends.cudnn.deterministic = True
@@ -318,7 +418,8 @@ class Registry:
             stable_dense_rows(module)  # after the weights were checked: a serving-time wrapper only
             layout = "nhwc" if settings.channels_last and channels_last_on_cpu(module, device) else "nchw"
             models[name] = ServedModel(name, card["kind"], str(card["version"]), card, module, device,
-                                       DTYPES[settings.dtype], buckets, torchscript=settings.torchscript, layout=layout)
+                                       DTYPES[settings.dtype], buckets, torchscript=settings.torchscript, layout=layout,
+                                       parts=parts, part_pool=part_pool, threads=threads if parts > 1 else 0)
             log.info("loaded %s (%s %s, sha256 %s...) on %s, %s", name, card["kind"], card["version"], card["sha256"][:12],
                      device, layout.upper())
-        return cls(models, device)
+        return cls(models, device, part_pool)

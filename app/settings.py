@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     channels_last: bool = Field(True, description="on a CPU, convolution weights in channels-last (NHWC) layout, "
                                 "oneDNN's fast path (38% less time per pass here); a pixel may differ from the NCHW "
                                 "layout's by one grey level (about 1 in 10,000): off gives the NCHW bytes")
+    split_passes: bool = Field(True, description="on a CPU with TORCH_THREADS > 1, a pass of several rows runs as "
+                               "parts of one thread each, in parallel, instead of every op split across the threads "
+                               "(no OpenMP barrier per op); the same bytes, checked at warm-up")
     max_batch_rows: int = Field(32, ge=1, le=4096, description="most rows in one forward pass; on a CPU, 32 lets the "
                                 "event loop answer one pass while the next computes; raise it on a GPU")
     min_batch_rows: int = Field(1, ge=1, le=4096, description="floor of the padded batch shapes; warm-up may raise it (README: batch invariance)")

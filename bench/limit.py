@@ -95,7 +95,8 @@ def measure(model: ServedModel, batch_sizes=BATCH_SIZES, seconds: float = 1.0, r
                      "png_us_per_image": 1e6 / png, "runs_forward": fwd_runs, "runs_forward_png": full_runs})
         log(f"  limit batch {b:>3}: forward {fwd:9.1f} img/s   forward+png {full:9.1f} img/s")
     return {"batch_sizes": rows, "seconds_per_repeat": seconds, "repeats": repeats,
-            "png_compress_level": png_level, "torch_threads": torch.get_num_threads()}
+            "png_compress_level": png_level, "torch_threads": model.threads or torch.get_num_threads(),
+            "pass_parts": model.parts}
 
 
 def single_image(model: ServedModel, baseline, seconds: float = 1.0, repeats: int = 3, png_level: int = 1,

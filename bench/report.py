@@ -23,13 +23,20 @@ def interpolate(rows: list[dict], key: str, batch: float) -> tuple[float, int]:
     return pts[-1][1], nearest
 
 
-def _omp_sentence(m: dict) -> str:
-    """How torch's idle OpenMP threads waited: passive in every server; the limit's per --limit-omp-wait-policy."""
+def _omp_sentence(m: dict, parts: int = 1) -> str:
+    """How torch's idle OpenMP threads waited: passive in every server; the limit's per
+    --limit-omp-wait-policy. ``parts``: how many one-thread parts latentserve's passes (and the
+    limit's) split into; with more than one, no OpenMP thread waits in a pass of 2+ rows."""
     servers = "Every server's idle OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, as `python -m app` sets it)"
     if "limit_omp_wait_policy" not in m:  # runs before 2026-11-30 set nothing for the limit or the other servers
         return "`OMP_WAIT_POLICY` set by latentserve only (`PASSIVE`); the limit and the other servers used libgomp's default."
     if m["limit_omp_wait_policy"] == "passive":
         return servers + ", and so do the in-process limit's (`--limit-omp-wait-policy passive`)."
+    if parts > 1:
+        return (servers + "; the in-process limit's use libgomp's default (spin, then sleep) "
+                "(`--limit-omp-wait-policy default`). latentserve's passes of 2+ rows, and so the limit's, run as "
+                f"{parts} parts of one thread each (`SPLIT_PASSES`): no OpenMP thread waits in them, so the policy "
+                "matters only for 1-row passes and for the other servers.")
     faster = ", which makes it faster on a 2-core CPU (docs/benchmarks.md)" if m.get("device") == "cpu" else ""
     return (servers + f"; the in-process limit's use libgomp's default (spin, then sleep){faster} "
             "(`--limit-omp-wait-policy default`).")
@@ -257,7 +264,7 @@ def markdown(results: dict) -> str:
         f"`bench/run.py`. Every server runs alone, as one worker (LitServe: one inference worker and one API "
         f"server process), with the same number of torch threads ({m['torch_threads']})"
         f"{' and the same NHWC (channels-last) convolution weights on a CPU' if m.get('channels_last') else ''}, "
-        f"on 127.0.0.1. {_omp_sentence(m)}", "",
+        f"on 127.0.0.1. {_omp_sentence(m, (results.get('limit') or {}).get('pass_parts', 1))}", "",
         "## Machine and run", "",
         f"- **Date:** {m['date']}",
         f"- **Command:** `{m['command']}`" + (" (run under `nice -n 19`)" if m.get("niceness") else ""),
@@ -277,7 +284,8 @@ def markdown(results: dict) -> str:
     if results.get("limit"):
         out += ["## The limit: in process, no HTTP", "",
                 "`Registry.from_settings` -> `ServedModel.generate_rows` (the server's forward path: the same "
-                "TorchScript graph when the server's warm-up keeps one, every size a bucket) and "
+                "TorchScript graph when the server's warm-up keeps one, every size a bucket; on a CPU its passes of 2+ rows "
+                "split in parts of one thread each, run at once, as the server's are: SPLIT_PASSES) and "
                 "`app.imaging.png_bytes` per image, one thread calling, one after the other; no latent sampling, no "
                 "HTTP, no queue. In the server, the event loop encodes a single image's PNG (grids go to the PNG "
                 "threads) while the next pass computes.", "",

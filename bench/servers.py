@@ -100,7 +100,7 @@ def latentserve(common: Common, port: int, batching: bool) -> ServerSpec:
         port, common.weights_dir, settings,
         name="latentserve" if batching else "latentserve-nobatch",
         title="latentserve" if batching else "latentserve, batching off",
-        notes="defaults otherwise (MAX_BATCH_ROWS=32, MIN_BATCH_ROWS=1 raised by the warm-up calibration, MAX_WAIT_MS=2, PNG_THREADS=2, TORCHSCRIPT=true: the pass as one TorchScript graph, CHANNELS_LAST=true: NHWC convolutions on a CPU)" if batching
+        notes="defaults otherwise (MAX_BATCH_ROWS=32, MIN_BATCH_ROWS=1 raised by the warm-up calibration, MAX_WAIT_MS=2, PNG_THREADS=2, TORCHSCRIPT=true: the pass as one TorchScript graph, CHANNELS_LAST=true: NHWC convolutions on a CPU, SPLIT_PASSES=true: on a CPU, a pass of 2+ rows as one part per torch thread, one thread each)" if batching
         else "every request row runs in its own forward pass of 1 row")
 
 

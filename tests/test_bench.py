@@ -75,6 +75,8 @@ def test_the_report_says_how_the_threads_waited():
     assert "the in-process limit's use libgomp's default" in on_gpu and "faster" not in on_gpu  # measured on CPUs only
     assert "and so do the in-process limit's" in report._omp_sentence({"limit_omp_wait_policy": "passive"})
     assert "set by latentserve only" in report._omp_sentence({})  # a results file from before the option
+    split = report._omp_sentence({"limit_omp_wait_policy": "default", "device": "cpu"}, parts=2)
+    assert "run as 2 parts of one thread each" in split and "makes it faster" not in split
 
 
 # ---- bench.ab: two servers side by side ----

@@ -5,13 +5,16 @@ layers run with padding rows, so a lone row takes the same kernels as a batch.""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from app.registry import MIN_DENSE_ROWS, Registry, _RowStableLinear
+import app.registry as registry_module
+from app.registry import MIN_DENSE_ROWS, Registry, _RowStableLinear, pass_parts
 from app.settings import Settings
 from models.card import load_model
 from models.images import to_uint8
@@ -196,7 +199,8 @@ def test_a_warm_up_asked_to_stop_ends_at_its_next_pass(tiny_weights, monkeypatch
     which ran every shape of every model (17 s in the review's repro, against a 4 s budget)."""
     from app.registry import ServedModel, WarmUpStopped
 
-    reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16))
+    # passes not split: the split check's passes (test below) would count here too
+    reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16, split_passes=False))
     passes: list[int] = []
     original = ServedModel.generate_rows
 
@@ -217,15 +221,122 @@ def test_a_warm_up_asked_to_stop_ends_at_its_next_pass(tiny_weights, monkeypatch
 
 
 def test_stop_is_checked_in_calibration_and_tracing_too(tiny_weights):
-    import threading
-
     from app.registry import WarmUpStopped
 
-    reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16))
+    reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16, torch_threads=2))
     model = reg.get("tiny-gan")
+    assert model.parts == 2
     stop = threading.Event()
     stop.set()
-    for step in (model.calibrate, model.script, model.warm_up):
+    for step in (model.calibrate, model.script, model.check_split, model.warm_up):
         with pytest.raises(WarmUpStopped):
             step(stop)
     assert model.graph is None  # no TorchScript pass kept from a stopped trace
+
+
+@pytest.mark.parametrize("device, threads, split, expected", [
+    ("cpu", 1, True, 1), ("cpu", 2, True, 2), ("cpu", 3, True, 2), ("cpu", 4, True, 4), ("cpu", 6, True, 4),
+    ("cpu", 2, False, 1), ("cuda", 8, True, 1), ("mps", 8, True, 1)])
+def test_pass_parts_are_a_power_of_two_of_the_cpu_threads(device, threads, split, expected):
+    assert pass_parts(torch.device(device), threads, split) == expected
+
+
+def test_split_passes_setting_from_the_environment(monkeypatch):
+    assert Settings().split_passes is True
+    monkeypatch.setenv("LATENTSERVE_SPLIT_PASSES", "false")
+    assert Settings().split_passes is False
+
+
+def test_a_split_keeps_every_part_a_batch_shape_and_a_lone_row_whole(tiny_weights):
+    reg = registry(tiny_weights, torch_threads=2)
+    gan, vae = reg.get("tiny-gan"), reg.get("tiny-vae")
+    assert (gan.parts, gan.threads) == (2, 2)
+    for model in (gan, vae):
+        smallest = model.buckets[0]  # as calibrated on this CPU
+        assert model.buckets == [smallest * 2 ** i for i in range(len(model.buckets))]
+        assert [model.split(b) for b in model.buckets] == [1] + [2] * (len(model.buckets) - 1)
+        model.parts = 4
+        assert [model.split(b) for b in model.buckets] == [1, 2] + [4] * (len(model.buckets) - 2)
+        for b in model.buckets:  # every part is a batch shape
+            assert b // model.split(b) in model.buckets
+
+
+def test_split_passes_run_in_the_part_threads_and_give_the_whole_pass_bytes(tiny_weights, monkeypatch):
+    split, whole = registry(tiny_weights, torch_threads=2), registry(tiny_weights, torch_threads=2, split_passes=False)
+    assert split.part_pool is not None and whole.part_pool is None
+    assert all(m.parts == 1 for m in whole.models.values())
+    seen: list[tuple[str, int, int]] = []
+    for reg in (split, whole):
+        for model in reg.models.values():
+            real = model._pass
+
+            def spy(z, y, real=real):
+                seen.append((threading.current_thread().name, z.shape[0], torch.get_num_threads()))
+                return real(z, y)
+
+            monkeypatch.setattr(model, "_pass", spy)
+    for name in ("tiny-gan", "tiny-vae"):
+        a, b = split.get(name), whole.get(name)
+        for n in (1, 2, 3, 5, 16):
+            seen.clear()
+            z, y = rows(a, n, seed=10 + n)
+            assert np.array_equal(a.generate_rows(z, y), b.generate_rows(z, y)), (name, n)
+            size = a._bucket(n)
+            parts = a.split(size)
+            # the split model's passes, then the whole model's one pass of every thread
+            assert [s[1] for s in seen] == [size // parts] * parts + [size], (name, n, seen)
+            if parts > 1:
+                assert all(s[0].startswith("pass-part") and s[2] == 1 for s in seen[:parts]), seen
+            else:
+                assert seen[0][2] == 2  # a pass too small to split runs with every thread
+        x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        y = torch.arange(6) % len(a.classes)
+        if a.kind == "vae":
+            seen.clear()
+            assert np.array_equal(a.encode_rows(x, y), b.encode_rows(x, y))
+
+
+def test_a_split_that_changes_the_bytes_is_turned_off(tiny_weights, monkeypatch, caplog):
+    real = registry_module._one_thread
+
+    def off_in_parts(fn, *inputs):
+        out = real(fn, *inputs)
+        return out ^ 1 if out.dtype == torch.uint8 else out  # one bit off in every pixel of a part
+
+    monkeypatch.setattr(registry_module, "_one_thread", off_in_parts)
+    with caplog.at_level(logging.WARNING, logger="latentserve.registry"):
+        reg = registry(tiny_weights, torch_threads=2)
+    assert all(m.parts == 1 for m in reg.models.values())
+    assert sum("passes are not split" in r.getMessage() for r in caplog.records) == 2
+    model = reg.get("tiny-gan")
+    z, y = rows(model, 16, seed=4)
+    expected = registry(tiny_weights, torch_threads=2, split_passes=False).get("tiny-gan").generate_rows(z, y)
+    assert np.array_equal(model.generate_rows(z, y), expected)
+
+
+def test_a_failing_part_fails_the_pass_after_every_part_ended(tiny_weights, monkeypatch):
+    reg = registry(tiny_weights, torch_threads=2)
+    model = reg.get("tiny-gan")
+    ended: list[int] = []
+
+    def first_part_fails(z, y):
+        if not ended:
+            ended.append(0)
+            raise RuntimeError("part failed")
+        time.sleep(0.2)  # the other part ends after the failure
+        ended.append(1)
+        return torch.zeros(z.shape[0], 28, 28, dtype=torch.uint8)
+
+    monkeypatch.setattr(model, "_pass", first_part_fails)
+    z, y = rows(model, 16, seed=0)
+    with pytest.raises(RuntimeError, match="part failed"):
+        model.generate_rows(z, y)
+    assert ended == [0, 1]  # the pass failed only once its other part had ended
+    assert not model.lock.locked()
+
+
+def test_close_stops_the_part_threads(tiny_weights):
+    reg = registry(tiny_weights, torch_threads=2)
+    reg.close()
+    with pytest.raises(RuntimeError):
+        reg.part_pool.submit(print)
