@@ -123,7 +123,7 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
     try:  # on the meta device first: no memory is taken before the sizes are checked against the file
         with torch.device("meta"):
             skeleton = build_module(card["kind"], card["config"])
-    except Exception as e:  # noqa: BLE001 - any failure (a negative size is a RuntimeError) names the card
+    except Exception as e:  # any failure (a negative size is a RuntimeError) names the card
         raise ModelLoadError(f"{card_path}: cannot build the model from the card ({e})") from e
     image = card.get("image")
     if (not isinstance(image, dict) or any(not isinstance(image.get(k), int) or isinstance(image.get(k), bool)
