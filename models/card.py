@@ -120,29 +120,28 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
     digest = hashlib.sha256(data).hexdigest()
     if digest != card["sha256"]:
         raise ModelLoadError(f"{weights}: sha256 {digest[:16]}... does not match the card's {str(card['sha256'])[:16]}...")
-    try:  # on the meta device first: no memory is taken before the sizes are checked against the file
-        with torch.device("meta"):
-            skeleton = build_module(card["kind"], card["config"])
+    try:
+        module = build_module(card["kind"], card["config"])
     except Exception as e:  # any failure (a negative size is a RuntimeError) names the card
         raise ModelLoadError(f"{card_path}: cannot build the model from the card ({e})") from e
     image = card.get("image")
     if (not isinstance(image, dict) or any(not isinstance(image.get(k), int) or isinstance(image.get(k), bool)
                                            or image[k] < 1 for k in ("channels", "height", "width"))
-            or image["channels"] != getattr(skeleton.cfg, "image_channels", image["channels"])):
+            or image["channels"] != getattr(module.cfg, "image_channels", image["channels"])):
         raise ModelLoadError(f"{card_path}: image must give positive integer channels, height and width, "
                              "the channels those of the config")
     classes = card.get("classes")
     if (not isinstance(classes, list) or not classes or not all(isinstance(c, str) and c.strip() for c in classes)
             or len({c.strip().lower() for c in classes}) != len(classes)):
         raise ModelLoadError(f"{card_path}: classes must be a list of distinct, non-empty names")
-    num_classes = getattr(skeleton.cfg, "num_classes", len(classes))
+    num_classes = getattr(module.cfg, "num_classes", len(classes))
     if len(classes) != num_classes:  # a label past the embedding would fail a whole shared batch
         raise ModelLoadError(f"{card_path}: {len(classes)} classes named for a model of num_classes={num_classes}")
     try:
         tensors = load(data)
     except (SafetensorError, OSError) as e:
         raise ModelLoadError(f"{weights}: not a valid safetensors file ({e})") from e
-    expected = skeleton.state_dict()
+    expected = module.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ModelLoadError(f"{weights}: tensors do not match the card's config (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -153,7 +152,6 @@ def load_model(card_path: str | Path, device: str | torch.device = "cpu",
             raise ModelLoadError(f"{weights}: tensor {key} is {t.dtype}, the model needs {expected[key].dtype}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelLoadError(f"{weights}: tensor {key} holds NaN or infinite values")
-    module = build_module(card["kind"], card["config"])  # sizes now those of the file's tensors
     module.load_state_dict(tensors, strict=True)
     module.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return module, card
