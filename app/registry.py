@@ -100,7 +100,7 @@ def stable_dense_rows(module: nn.Module) -> None:
 
 def _one_thread(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
     """A part of a split pass: its ops in this thread alone (torch's thread count is set per
-    thread, each new thread starting from the process's)."""
+    thread, each new thread starting from the process's; an unsplit pass sets it back)."""
     torch.set_num_threads(1)
     return fn(*inputs)
 
@@ -130,7 +130,7 @@ class ServedModel:
     torchscript: bool = False  # warm-up tries a TorchScript pass (LATENTSERVE_TORCHSCRIPT)
     layout: str = "nchw"  # the convolution weights' memory layout, "nhwc" with LATENTSERVE_CHANNELS_LAST on a CPU
     graph: Any = field(default=None, repr=False)  # the frozen TorchScript pass, once script() kept it
-    parts: int = 1  # most parts a pass is split into (LATENTSERVE_SPLIT_PASSES), each run by part_pool
+    parts: int = 1  # most parts a pass is split into (LATENTSERVE_SPLIT_PASSES): the first in the calling thread, the rest in part_pool
     part_pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     threads: int = 0  # torch threads of an unsplit pass, set again before each one when parts > 1
 
@@ -208,9 +208,14 @@ class ServedModel:
             if self.threads:  # a pass too small to split (a lone row) keeps every thread
                 torch.set_num_threads(self.threads)
             return fn(*inputs)
-        futures = [self.part_pool.submit(_one_thread, fn, *chunk) for chunk in zip(*(t.chunk(n) for t in inputs))]
-        wait(futures)  # every part ends before the lock is released, even when one failed
-        return torch.cat([f.result() for f in futures])
+        chunks = list(zip(*(t.chunk(n) for t in inputs)))
+        # the first part runs in this thread: one thread (and its allocator arena) fewer to wake
+        futures = [self.part_pool.submit(_one_thread, fn, *chunk) for chunk in chunks[1:]]
+        try:
+            first = _one_thread(fn, *chunks[0])
+        finally:
+            wait(futures)  # every part ends before the lock is released, even when one failed
+        return torch.cat([first, *(f.result() for f in futures)])
 
     def script(self, stop: threading.Event | None = None) -> bool:
         """Make the forward pass one frozen TorchScript graph, kept only if its pixels equal eager
@@ -395,7 +400,8 @@ class Registry:
         device = resolve_device(settings.device)
         threads = torch.get_num_threads()
         parts = pass_parts(device, threads, settings.split_passes)
-        part_pool = ThreadPoolExecutor(parts, thread_name_prefix="pass-part") if parts > 1 else None
+        # the calling (forward) thread runs one part of each split pass, the pool the others
+        part_pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="pass-part") if parts > 1 else None
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = False  # algorithm choice must not depend on timing
             torch.backends.cudnn.deterministic = True

@@ -285,8 +285,11 @@ def test_split_passes_run_in_the_part_threads_and_give_the_whole_pass_bytes(tiny
             parts = a.split(size)
             # the split model's passes, then the whole model's one pass of every thread
             assert [s[1] for s in seen] == [size // parts] * parts + [size], (name, n, seen)
-            if parts > 1:
-                assert all(s[0].startswith("pass-part") and s[2] == 1 for s in seen[:parts]), seen
+            if parts > 1:  # one part in the calling thread, the others in the part threads
+                names = sorted(s[0] for s in seen[:parts])
+                assert names.count(threading.current_thread().name) == 1, seen
+                assert sum(name.startswith("pass-part") for name in names) == parts - 1, seen
+                assert all(s[2] == 1 for s in seen[:parts]), seen
             else:
                 assert seen[0][2] == 2  # a pass too small to split runs with every thread
         x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
