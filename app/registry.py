@@ -198,7 +198,8 @@ class ServedModel:
         return n
 
     def _in_parts(self, fn: Callable[..., torch.Tensor], size: int, *inputs: torch.Tensor) -> torch.Tensor:
-        """fn over ``inputs`` (rows first), as split(size) parts run at once in the part threads.
+        """fn over ``inputs`` (rows first), as split(size) parts run at once: the first in this
+        thread, each other one in a part thread, every part with one torch thread.
 
         Why: on a CPU, one pass with its ops split across the threads meets an OpenMP barrier at
         every op, and a thread the event loop has taken from a core stalls the others at each of
