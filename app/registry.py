@@ -8,7 +8,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,12 +210,16 @@ class ServedModel:
                 torch.set_num_threads(self.threads)
             return fn(*inputs)
         chunks = list(zip(*(t.chunk(n) for t in inputs)))
-        # the first part runs in this thread: one thread (and its allocator arena) fewer to wake
-        futures = [self.part_pool.submit(_one_thread, fn, *chunk) for chunk in chunks[1:]]
+        futures: list[Future[torch.Tensor]] = []
         try:
+            futures += [self.part_pool.submit(_one_thread, fn, *chunk) for chunk in chunks[1:]]
+            # the first part runs in this thread: one thread (and its allocator arena) fewer to wake
             first = _one_thread(fn, *chunks[0])
         finally:
             wait(futures)  # every part ends before the lock is released, even when one failed
+            # set_num_threads also sets the count a thread starts with: back to every thread for
+            # this one (the next model's warm-up checks, a registry loaded here) and for new ones
+            torch.set_num_threads(self.threads)
         return torch.cat([first, *(f.result() for f in futures)])
 
     def script(self, stop: threading.Event | None = None) -> bool:

@@ -299,6 +299,25 @@ def test_split_passes_run_in_the_part_threads_and_give_the_whole_pass_bytes(tiny
             assert np.array_equal(a.encode_rows(x, y), b.encode_rows(x, y))
 
 
+def test_a_split_pass_leaves_every_thread_count_as_it_found_it(tiny_weights):
+    """A part sets its thread's count to 1, and torch's set_num_threads also sets the count new
+    threads start with: the calling thread (the next model's warm-up checks ran at 1 thread) and
+    a registry loaded after it (no split, half the speed) were left at 1."""
+    torch.set_num_threads(2)
+    first = registry(tiny_weights)  # torch_threads 0: torch's current count
+    assert first.get("tiny-gan").threads == 2
+    z, y = rows(first.get("tiny-gan"), 16, seed=1)
+    first.get("tiny-gan").generate_rows(z, y)  # split in 2
+    assert torch.get_num_threads() == 2
+    seen: list[int] = []
+    new_thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    new_thread.start()
+    new_thread.join()
+    assert seen == [2]
+    second = registry(tiny_weights)
+    assert all((m.parts, m.threads) == (2, 2) for m in second.models.values())
+
+
 def test_a_split_that_changes_the_bytes_is_turned_off(tiny_weights, monkeypatch, caplog):
     real = registry_module._one_thread
 
