@@ -8,7 +8,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from app.exceptions import ModelNotFound
+from app.passes import Pixels, pass_parts, run_in_parts, stable_dense_rows
 from app.settings import Settings
 from models.card import ModelLoadError, channels_last_on_cpu, load_model, read_card
 from models.images import to_uint8
@@ -58,12 +59,6 @@ def bucket_sizes(min_rows: int, max_rows: int) -> list[int]:
     return sizes
 
 
-# A dense layer fed fewer rows than this takes another kernel path on x86 CPUs (measured with
-# torch 2.13: a linear layer's rows for batches of 1-3 differed in the last bits from the same rows
-# in a batch of 4 or more, while the convolutions gave the same bits at every batch size).
-MIN_DENSE_ROWS = 4
-
-
 class WarmUpStopped(Exception):
     """A shutdown began while the models warmed up: the rest of the warm-up is skipped."""
 
@@ -71,49 +66,6 @@ class WarmUpStopped(Exception):
 def _check(stop: threading.Event | None) -> None:
     if stop is not None and stop.is_set():
         raise WarmUpStopped("a shutdown began during the warm-up")
-
-
-class _RowStableLinear(nn.Module):
-    """A linear layer that always runs with at least MIN_DENSE_ROWS more rows than it is given
-    (zero rows appended, their outputs dropped): a row's result no longer depends on whether it
-    came alone. Rows of a linear layer are independent, so only the kernel choice changes."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.linear = linear
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.shape[0]
-        padded = torch.cat([x, x.new_zeros((MIN_DENSE_ROWS, *x.shape[1:]))])
-        return self.linear(padded)[:rows]
-
-
-def stable_dense_rows(module: nn.Module) -> None:
-    """Wrap every nn.Linear of ``module`` in _RowStableLinear (same weights, same outputs for 4+
-    rows), so small batches can run unpadded: a lone request's pass need not be padded to 4 rows
-    for the dense layers' sake (on this CPU: 6.4 -> 2.9 ms for the GAN)."""
-    targets = [(parent, name, child) for parent in module.modules()
-               for name, child in parent.named_children() if isinstance(child, nn.Linear)]
-    for parent, name, child in targets:
-        setattr(parent, name, _RowStableLinear(child))
-
-
-def _one_thread(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
-    """A part of a split pass: its ops in this thread alone (torch's thread count is set per
-    thread, each new thread starting from the process's; an unsplit pass sets it back)."""
-    torch.set_num_threads(1)
-    return fn(*inputs)
-
-
-class _Pixels(nn.Module):
-    """generate + the uint8 conversion as one module, so one TorchScript call makes a pass's pixels."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return to_uint8(self.model.generate(z, y))  # (B, H, W) uint8
 
 
 @dataclass
@@ -198,29 +150,14 @@ class ServedModel:
         return n
 
     def _in_parts(self, fn: Callable[..., torch.Tensor], size: int, *inputs: torch.Tensor) -> torch.Tensor:
-        """fn over ``inputs`` (rows first), as split(size) parts run at once: the first in this
-        thread, each other one in a part thread, every part with one torch thread.
-
-        Why: on a CPU, one pass with its ops split across the threads meets an OpenMP barrier at
-        every op, and a thread the event loop has taken from a core stalls the others at each of
-        them; parts of one thread each run independently (docs/benchmarks.md, sixth session)."""
+        """fn over ``inputs`` (rows first), as split(size) parts run at once (app.passes.run_in_parts),
+        or whole, with every thread, when the pass is too small to split."""
         n = self.split(size)
         if n == 1 or self.part_pool is None:
             if self.threads:  # a pass too small to split (a lone row) keeps every thread
                 torch.set_num_threads(self.threads)
             return fn(*inputs)
-        chunks = list(zip(*(t.chunk(n) for t in inputs)))
-        futures: list[Future[torch.Tensor]] = []
-        try:
-            futures += [self.part_pool.submit(_one_thread, fn, *chunk) for chunk in chunks[1:]]
-            # the first part runs in this thread: one thread (and its allocator arena) fewer to wake
-            first = _one_thread(fn, *chunks[0])
-        finally:
-            wait(futures)  # every part ends before the lock is released, even when one failed
-            # set_num_threads also sets the count a thread starts with: back to every thread for
-            # this one (the next model's warm-up checks, a registry loaded here) and for new ones
-            torch.set_num_threads(self.threads)
-        return torch.cat([first, *(f.result() for f in futures)])
+        return run_in_parts(self.part_pool, self.threads, n, fn, *inputs)
 
     def script(self, stop: threading.Event | None = None) -> bool:
         """Make the forward pass one frozen TorchScript graph, kept only if its pixels equal eager
@@ -238,7 +175,7 @@ class ServedModel:
         try:
             with self.lock, torch.inference_mode(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notice and tracer warnings
-                graph = torch.jit.freeze(torch.jit.trace(_Pixels(self.module).eval(), (z, y), check_trace=False))
+                graph = torch.jit.freeze(torch.jit.trace(Pixels(self.module).eval(), (z, y), check_trace=False))
                 for size in self.buckets:
                     _check(stop)
                     expected = self._pixels(z[:size], y[:size])
@@ -311,14 +248,14 @@ class ServedModel:
         g = torch.Generator().manual_seed(2)
         z, x = torch.randn(top, self.latent_dim, generator=g), torch.rand(top, c, h, w, generator=g)
         y = torch.arange(top) % len(self.classes)
-        checks = [self.generate_rows] + ([] if self.kind != "vae" else [self.encode_rows])
+        checks = [(self.generate_rows, z)] + ([(self.encode_rows, x)] if self.kind == "vae" else [])
         parts = self.parts
         for size in self.buckets:
             if self.split(size) == 1:
                 continue
-            for run in checks:
+            for run, data in checks:
                 _check(stop)
-                inputs = (z[:size] if run == self.generate_rows else x[:size], y[:size])
+                inputs = (data[:size], y[:size])
                 split = run(*inputs)
                 self.parts = 1
                 try:
@@ -361,15 +298,6 @@ class ServedModel:
         return {"name": self.name, "kind": self.kind, "version": self.version, "latent_dim": self.latent_dim,
                 "image": {"channels": c, "height": h, "width": w}, "classes": self.classes,
                 "metrics": self.card.get("metrics", {}), "sha256": self.sha256}
-
-
-def pass_parts(device: torch.device, threads: int, split: bool) -> int:
-    """How many one-thread parts a pass may run as (LATENTSERVE_SPLIT_PASSES): on a CPU, the
-    largest power of two <= the torch threads (parts are batch shapes, which are powers of two);
-    1 = passes are not split (a GPU, one thread, or the setting off)."""
-    if not split or device.type != "cpu" or threads < 2:
-        return 1
-    return 1 << (threads.bit_length() - 1)
 
 
 class Registry:

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import app.registry as registry_module
-from app.registry import MIN_DENSE_ROWS, Registry, _RowStableLinear, pass_parts
+import app.passes as passes_module
+from app.passes import MIN_DENSE_ROWS, _RowStableLinear, pass_parts
+from app.registry import Registry
 from app.settings import Settings
 from models.card import load_model
 from models.images import to_uint8
@@ -319,13 +320,13 @@ def test_a_split_pass_leaves_every_thread_count_as_it_found_it(tiny_weights):
 
 
 def test_a_split_that_changes_the_bytes_is_turned_off(tiny_weights, monkeypatch, caplog):
-    real = registry_module._one_thread
+    real = passes_module._one_thread
 
     def off_in_parts(fn, *inputs):
         out = real(fn, *inputs)
         return out ^ 1 if out.dtype == torch.uint8 else out  # one bit off in every pixel of a part
 
-    monkeypatch.setattr(registry_module, "_one_thread", off_in_parts)
+    monkeypatch.setattr(passes_module, "_one_thread", off_in_parts)
     with caplog.at_level(logging.WARNING, logger="latentserve.registry"):
         reg = registry(tiny_weights, torch_threads=2)
     assert all(m.parts == 1 for m in reg.models.values())
