@@ -35,14 +35,14 @@ def main() -> int:
     # files that earlier processes left there; WORKERS > 1 sets its own, fresh, for its workers
     inherited = [os.environ.pop(name, None) for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")]
     inherited_metrics_dir = next((d for d in inherited if d), None)
-    from app.settings import Settings, describe_errors
+    from app.server.settings import Settings, describe_errors
 
     try:
         settings = Settings()
     except ValidationError as e:
         print(describe_errors(e), file=sys.stderr)
         return 2
-    from app.logs import configure_logging
+    from app.server.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     if inherited_metrics_dir:
@@ -50,10 +50,10 @@ def main() -> int:
             "PROMETHEUS_MULTIPROC_DIR=%s ignored: latentserve keeps its own metrics folder when it runs "
             "several workers (LATENTSERVE_WORKERS)", inherited_metrics_dir)
     if settings.workers > 1:
-        from app.workers import run_workers
+        from app.server.workers import run_workers
 
         return run_workers(settings)
-    from app.serving import (
+    from app.server.serving import (
         DrainingServer,
         StartupError,
         build_app,

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from app.registry import Registry, ServedModel
-from app.settings import Settings
+from app.engine.registry import Registry, ServedModel
+from app.server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """The in-process limit: no HTTP, no event loop, no queue. Images per second of the server's own
 forward path (Registry.from_settings -> ServedModel.generate_rows, padded to bucket shapes) and
-of that plus PNG encoding (app.imaging.png_bytes, one image at a time, in the same thread), at a
+of that plus PNG encoding (app.engine.imaging.png_bytes, one image at a time, in the same thread), at a
 range of batch sizes. Each number is the median of `repeats` timed windows of `seconds` each."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from app.imaging import png_bytes
-from app.registry import Registry, ServedModel, bucket_sizes
-from app.settings import Settings
+from app.engine.imaging import png_bytes
+from app.engine.registry import Registry, ServedModel, bucket_sizes
+from app.server.settings import Settings
 
 BATCH_SIZES = (1, 8, 32, 64, 128, 256)
 

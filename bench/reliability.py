@@ -30,7 +30,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.settings import Settings
+from app.server.settings import Settings
 from bench import rawhttp
 from bench.hostile import small_png
 from bench.loadgen import WRK_TIMEOUT, find_wrk

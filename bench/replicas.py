@@ -7,7 +7,7 @@ device, so a GPU host reaches the device's capacity with several replicas behind
 (docs/benchmarks.md, GPU). ``python -m bench.replicas --device cuda --replicas 1,2,4,8``.
 
 With ``--workers``, K is instead ``LATENTSERVE_WORKERS=K``: one server, K worker processes behind
-one port, loaded by one wrk at the total concurrency (app/workers.py)."""
+one port, loaded by one wrk at the total concurrency (app/server/workers.py)."""
 
 from __future__ import annotations
 

@@ -286,7 +286,7 @@ def markdown(results: dict) -> str:
                 "`Registry.from_settings` -> `ServedModel.generate_rows` (the server's forward path: the same "
                 "TorchScript graph when the server's warm-up keeps one, every size a bucket; on a CPU its passes of 2+ rows "
                 "split in parts of one thread each, run at once, as the server's are: SPLIT_PASSES) and "
-                "`app.imaging.png_bytes` per image, one thread calling, one after the other; no latent sampling, no "
+                "`app.engine.imaging.png_bytes` per image, one thread calling, one after the other; no latent sampling, no "
                 "HTTP, no queue. In the server, the event loop encodes a single image's PNG (grids go to the PNG "
                 "threads) while the next pass computes.", "",
                 _limit_table(results["limit"]), ""]

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     set_limit_omp_wait_policy(args.limit_omp_wait_policy)
     import torch
 
-    from app.registry import resolve_device
+    from app.engine.registry import resolve_device
     from bench.baseline_fastapi import Baseline
 
     args.weights_dir = args.weights_dir.resolve()

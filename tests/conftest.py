@@ -15,8 +15,8 @@ import hypothesis
 import pytest
 import torch
 
-from app.main import create_app
-from app.settings import Settings
+from app.server.factory import create_app
+from app.server.settings import Settings
 from models.card import save_model
 from models.gan import GANConfig, Generator
 from models.vae import VAE, VAEConfig
@@ -81,7 +81,7 @@ async def app_client(app_factory):
 @pytest.fixture
 def warm_up_gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Registry.warm_up waits (up to 10 s) until the returned event is set."""
-    from app.registry import Registry
+    from app.engine.registry import Registry
 
     gate = threading.Event()
     original = Registry.warm_up
@@ -96,8 +96,8 @@ def warm_up_gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 
 @pytest.fixture
 def fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per request that app.fastpath served (its call of ``sample``)."""
-    from app import fastpath
+    """One entry per request that app.edge.fastpath served (its call of ``sample``)."""
+    from app.edge import fastpath
 
     calls: list[int] = []
     original = fastpath.sample

@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from app.serving import stop_budget_s
-from app.settings import Settings
-from app.workers import JOIN_MARGIN_S
+from app.server.drain import stop_budget_s
+from app.server.settings import Settings
+from app.server.workers import JOIN_MARGIN_S
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))

@@ -8,7 +8,7 @@ import io
 import pytest
 from PIL import Image
 
-from app.settings import DEFAULT_WEIGHTS_DIR, Settings
+from app.server.settings import DEFAULT_WEIGHTS_DIR, Settings
 from models.card import ModelLoadError
 from tests.conftest import running_app
 
@@ -34,7 +34,7 @@ async def test_shipped_folder_serves_the_gan_and_the_vae_with_pinned_etags():
 
 
 def test_the_shipped_classifier_cannot_be_served():
-    from app.registry import Registry
+    from app.engine.registry import Registry
 
     with pytest.raises(ModelLoadError, match="kind 'classifier' cannot be served"):
         Registry.from_settings(Settings(device="cpu", models=["fashion-classifier"]))

@@ -1,0 +1,1 @@
+"""The process: app factory and lifespan, uvicorn serving, workers, settings, logs and metrics."""
