@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "samples.lua"
+BODY_SCRIPT = Path(__file__).resolve().parent / "body.lua"
 WRK_TIMEOUT = "30s"  # the servers' request deadline; wrk's default (2 s) would count slow answers as timeouts
 
 
@@ -40,12 +41,14 @@ def wrk_version(wrk: str) -> str:
     return out.splitlines()[0].strip() if out else "?"
 
 
-def run_wrk(wrk: str, url: str, load: Load, seconds: float, seed_base: int, threads: int = 1) -> dict:
-    """One wrk run. Returns requests, req/s, img/s, latency percentiles (ms), errors and wrk's
+def run_wrk(wrk: str, url: str, load: Load, seconds: float, seed_base: int, threads: int = 1,
+            body_template: str | None = None) -> dict:
+    """One wrk run (POST {"n", "seed"}, or ``body_template`` % seed with bench/body.lua). Returns requests, req/s, img/s, latency percentiles (ms), errors and wrk's
     CPU share (user + system seconds over wall seconds, in % of one core)."""
     threads = max(1, min(threads, load.concurrency))
     cmd = [wrk, f"-t{threads}", f"-c{load.concurrency}", f"-d{max(1, round(seconds))}s",
-           f"--timeout={WRK_TIMEOUT}", "-s", str(LUA_SCRIPT), url, "--", str(load.n), str(seed_base)]
+           f"--timeout={WRK_TIMEOUT}", "-s", str(LUA_SCRIPT if body_template is None else BODY_SCRIPT), url, "--",
+           str(load.n), str(seed_base), *([] if body_template is None else [body_template])]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)

@@ -86,6 +86,10 @@ class Generator(nn.Module):
     def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.forward(z, y)
 
+    def latent_weight(self) -> torch.Tensor:
+        """The first layer's weight on z alone, (out, latent_dim): what SeFa factorises (models.directions)."""
+        return self.fc.weight[:, :self.cfg.latent_dim]
+
 
 class Discriminator(nn.Module):
     def __init__(self, cfg: GANConfig):

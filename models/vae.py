@@ -113,6 +113,10 @@ class VAE(nn.Module):
     def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.decode(z, y) * 2.0 - 1.0
 
+    def latent_weight(self) -> torch.Tensor:
+        """The decoder's first layer's weight on z alone, (hidden, latent_dim): what SeFa factorises."""
+        return self.decoder.fc[0].weight[:, :self.cfg.latent_dim]
+
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per row, summed over latent dims: (B,)."""

@@ -1,6 +1,6 @@
-"""The hot route without the framework: ``POST /v1/models/{model}/samples`` with a valid JSON
-body is served here as raw ASGI: the body validated by pydantic in one call
-(``model_validate_json``), the same ``sample`` core as the FastAPI route, the answer sent as two
+"""The hot routes without the framework: ``POST /v1/models/{model}/samples`` and ``.../edit``
+(the same forward pass as a sample) with a valid JSON body are served here as raw ASGI: the body validated by pydantic in one call
+(``model_validate_json``), the same core (``sample``, ``edit_image``) as the FastAPI route, the answer sent as two
 ASGI messages. FastAPI's routing, dependency solving and Response objects cost about 1 ms of the
 event loop's CPU per request, the thread that also feeds the forward pass (docs/benchmarks.md).
 
@@ -18,12 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.edge.asgi import route_path, send_json, send_response
 from app.edge.errors import CLIENT_CLOSED, error_body, internal_error, service_error
+from app.edge.routes.control import edit_image
 from app.edge.routes.generation import ClientGone, sample
-from app.edge.schemas import SampleRequest
+from app.edge.schemas import EditRequest, SampleRequest
 from app.engine.exceptions import ServiceError
 
-SAMPLES_RE = re.compile(r"/v1/models/([^/]+)/samples")
-ROUTE = "/v1/models/{model}/samples"  # the route label in metrics and logs
+FAST_RE = re.compile(r"/v1/models/([^/]+)/(samples|edit)")
+# operation -> (its body's schema, the name of its core in this module: looked up per call, so a
+# test can count the calls)
+FAST_ROUTES: dict[str, tuple[type, str]] = {"samples": (SampleRequest, "sample"), "edit": (EditRequest, "edit_image")}
 
 
 def _is_json(scope: Scope) -> bool:
@@ -43,7 +46,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class SamplesFastPath:
+class FastPath:
     def __init__(self, app: ASGIApp, state: Any):
         self.app = app
         self.state = state
@@ -51,11 +54,13 @@ class SamplesFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            m = SAMPLES_RE.fullmatch(route_path(scope))
+            m = FAST_RE.fullmatch(route_path(scope))
         if m is None or not _is_json(scope):
             await self.app(scope, receive, send)
             return
-        scope["latentserve.route"] = ROUTE
+        operation = m.group(2)
+        schema, core = FAST_ROUTES[operation]
+        scope["latentserve.route"] = f"/v1/models/{{model}}/{operation}"  # the route label in metrics and logs
         chunks, more = [], True
         try:
             while more:
@@ -72,12 +77,12 @@ class SamplesFastPath:
             return
         body = b"".join(chunks)
         try:
-            request = SampleRequest.model_validate_json(body)
+            request = schema.model_validate_json(body)
         except ValidationError:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
-            rendered = await sample(self.state, scope, receive, m.group(1), request)
+            rendered = await globals()[core](self.state, scope, receive, m.group(1), request)
         except ClientGone:
             await send_response(send, CLIENT_CLOSED)
             return

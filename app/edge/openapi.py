@@ -20,9 +20,12 @@ def tailor(schema: dict[str, Any], settings: Settings, model_names: list[str]) -
                     param["schema"] = {**param["schema"], "enum": sorted(model_names)}
                 elif param["in"] == "query" and param["name"] == "n":
                     param["schema"]["maximum"] = images
+                elif param["in"] == "query" and param["name"] == "steps" and "project" in op.get("operationId", ""):
+                    param["schema"]["maximum"] = settings.projection_max_steps
     components = schema.get("components", {}).get("schemas", {})
     caps = {("SampleRequest", "n", "maximum"): images, ("DecodeRequest", "latents", "maxItems"): images,
-            ("InterpolateRequest", "steps", "maximum"): steps}
+            ("InterpolateRequest", "steps", "maximum"): steps, ("TraverseRequest", "steps", "maximum"): images,
+            ("ClassSwapRequest", "labels", "maxItems"): images}
     for (name, prop, key), value in caps.items():
         if name in components:
             components[name]["properties"][prop][key] = value
@@ -30,7 +33,7 @@ def tailor(schema: dict[str, Any], settings: Settings, model_names: list[str]) -
 
 
 def tailored_openapi(app: Any, settings: Settings, model_names: Callable[[], list[str]]) -> Callable[[], dict[str, Any]]:
-    """A replacement for ``app.edge.openapi``: FastAPI's document, tailored once the models are known."""
+    """A replacement for ``app.openapi``: FastAPI's document, tailored once the models are known."""
     base = app.openapi
     tailored = False  # to the served models; until they are loaded, built again on each call
 

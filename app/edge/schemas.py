@@ -116,6 +116,88 @@ class InterpolateRequest(Strict):
     frame_ms: int = Field(100, ge=20, le=5000, description="gif frame duration")
 
 
+class StartPoint(Strict):
+    """Where a latent-control request begins: a seed (its latent as ``samples`` draws it), an
+    explicit latent, or neither (a random seed, returned in X-Seed). Not both."""
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="the latent of samples' image `seed`; absent with no latent = random")
+    latent: Latent | None = Field(None, description="latent_dim finite floats, instead of a seed")
+    truncation: float = Field(1.0, gt=0.0, le=1.0, description="applied to a seed's latent, as in samples")
+
+    @model_validator(mode="after")
+    def _one_start(self) -> StartPoint:
+        if self.seed is not None and self.latent is not None:
+            raise ValueError("give seed or latent, not both")
+        return self
+
+
+class Move(Strict):
+    direction: int = Field(ge=0, le=4095, description="index into GET .../directions")
+    amount: FiniteFloat = Field(ge=-1000.0, le=1000.0, description="distance along the unit direction")
+
+
+class EditRequest(StartPoint):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"seed": 7, "label": "Sneaker", "moves": [{"direction": 0, "amount": 2.0}, {"direction": 3, "amount": -1.5}], "scale": 4},
+        {"seed": 42, "moves": [{"direction": 1, "amount": 3.0}], "format": "json"},
+    ]})
+    label: Label | None = Field(None, description="class; absent = drawn from the seed (as samples), or 0 for a latent")
+    moves: list[Move] = Field(default_factory=list, max_length=64, description="added in order; all 0 = the sample itself")
+    format: Literal["png", "json"] = "png"
+    scale: int = Field(1, ge=1, le=16)
+
+
+class TraverseRequest(StartPoint):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"seed": 7, "label": "Dress", "direction": 0, "extent": 3.0, "steps": 7, "format": "png", "scale": 2},
+        {"seed": 3, "direction": 1, "steps": 16, "format": "gif", "scale": 4},
+    ]})
+    label: Label | None = Field(None, description="class; absent = drawn from the seed (as samples), or 0 for a latent")
+    direction: int = Field(0, ge=0, le=4095, description="index into GET .../directions")
+    extent: float = Field(3.0, gt=0.0, le=1000.0, description="frames move from -extent to +extent")
+    steps: int = Field(7, ge=2, le=MAX_ITEMS, description="frames (capped by LATENTSERVE_MAX_IMAGES_PER_REQUEST)")
+    format: Literal["png", "gif", "json"] = "png"
+    scale: int = Field(1, ge=1, le=16)
+    frame_ms: int = Field(100, ge=20, le=5000, description="gif frame duration")
+
+
+class ClassSwapRequest(StartPoint):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"seed": 7, "truncation": 0.8, "scale": 2},
+        {"seed": 11, "labels": ["Sneaker", "Sandal", "Ankle boot"], "format": "json"},
+    ]})
+    labels: Labels | None = Field(None, min_length=1, description="the classes to show, in order; absent = every class")
+    format: Literal["png", "json"] = "png"
+    columns: int | None = Field(None, ge=1, le=256, description="strip columns; absent = one row")
+    scale: int = Field(1, ge=1, le=16)
+
+
+class Direction(BaseModel):
+    index: int
+    eigenvalue: float
+    share: float  # of the sum of eigenvalues: how much of the first layer's response it carries
+    vector: list[float]
+
+
+class DirectionsResponse(BaseModel):
+    model: str
+    version: str
+    method: str
+    latent_dim: int
+    directions: list[Direction]
+
+
+class ProjectionResponse(BaseModel):
+    model: str
+    version: str
+    label: int
+    latent: list[float]
+    mse: float
+    start_mse: float
+    steps: int
+    complete: bool
+    seed: int
+
+
 class ImageItem(BaseModel):
     index: int
     seed: int | None

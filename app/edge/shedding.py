@@ -15,7 +15,7 @@ from app.edge.asgi import route_path, send_json
 from app.edge.errors import ERROR_TABLE, error_body
 from app.engine.exceptions import QueueFull
 
-ROUTE_RE = re.compile(r"/v1/models/([^/]+)/(samples|samples\.png|decode|interpolate|encode)")
+ROUTE_RE = re.compile(r"/v1/models/([^/]+)/(samples|samples\.png|decode|interpolate|encode|edit|traverse|class-swap|map\.png|variations)")
 TEMPLATE = "/v1/models/{model}/"
 STATUS, CODE = ERROR_TABLE[QueueFull]
 
@@ -38,7 +38,8 @@ class LoadShedMiddleware:
         batcher = None
         if m is not None:
             model, op = m.groups()
-            batcher = (service.encoders if op == "encode" else service.generators).get(model)
+            # /variations waits on both of a VAE's queues: its encoder's first
+            batcher = (service.encoders if op in ("encode", "variations") else service.generators).get(model)
         if batcher is None or not batcher.saturated():
             await self.app(scope, receive, send)
             return

@@ -20,6 +20,7 @@ import torch.nn as nn
 from app.engine.exceptions import ModelNotFound
 from app.engine.passes import Pixels, pass_parts, run_in_parts, stable_dense_rows
 from app.server.settings import Settings
+from models.directions import Directions, sefa
 from models.card import ModelLoadError, channels_last_on_cpu, load_model, read_card
 from models.images import to_uint8
 
@@ -85,6 +86,7 @@ class ServedModel:
     parts: int = 1  # most parts a pass is split into (LATENTSERVE_SPLIT_PASSES): the first in the calling thread, the rest in part_pool
     part_pool: ThreadPoolExecutor | None = field(default=None, repr=False)
     threads: int = 0  # torch threads of an unsplit pass, set again before each one when parts > 1
+    directions: Directions | None = field(default=None, repr=False)  # SeFa directions, from the weights at load
 
     @property
     def latent_dim(self) -> int:
@@ -354,11 +356,13 @@ class Registry:
             module, card = load_model(card_path, device=device, dtype=DTYPES[settings.dtype])
             if card["kind"] not in SERVABLE_KINDS:
                 raise ModelLoadError(f"{card_path}: kind {card['kind']!r} cannot be served (only gan and vae)")
+            directions = sefa(module.latent_weight())  # before the dense layers are wrapped
             stable_dense_rows(module)  # after the weights were checked: a serving-time wrapper only
             layout = "nhwc" if settings.channels_last and channels_last_on_cpu(module, device) else "nchw"
             models[name] = ServedModel(name, card["kind"], str(card["version"]), card, module, device,
                                        DTYPES[settings.dtype], buckets, torchscript=settings.torchscript, layout=layout,
-                                       parts=parts, part_pool=part_pool, threads=threads if parts > 1 else 0)
+                                       parts=parts, part_pool=part_pool, threads=threads if parts > 1 else 0,
+                                       directions=directions)
             log.info("loaded %s (%s %s, sha256 %s...) on %s, %s", name, card["kind"], card["version"], card["sha256"][:12],
                      device, layout.upper())
         return cls(models, device, part_pool)

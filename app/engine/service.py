@@ -81,7 +81,7 @@ class GenerationService:
     def batchers(self) -> list[Batcher]:
         return [*self.generators.values(), *self.encoders.values()]
 
-    def _check_n(self, n: int, what: str = "images") -> None:
+    def check_n(self, n: int, what: str = "images") -> None:
         cap = self.settings.max_images_per_request
         if not 1 <= n <= cap:
             raise InvalidInput(f"{n} {what} requested; between 1 and {cap} per request (LATENTSERVE_MAX_IMAGES_PER_REQUEST)")
@@ -90,7 +90,7 @@ class GenerationService:
     def random_seed() -> int:
         return secrets.randbits(31)
 
-    async def _generate(self, model: ServedModel, z: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, list[int]]:
+    async def generate(self, model: ServedModel, z: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, list[int]]:
         batcher = self.generators[model.name]
         job = batcher.submit((z, y), self.settings.request_timeout_s)
         return await batcher.result(job), job.batch_ids
@@ -99,7 +99,7 @@ class GenerationService:
         """The model and the resolved labels, if ``n`` images with ``labels`` can be sampled from it;
         else the 4xx."""
         model = self.registry.get(name)
-        self._check_n(n)
+        self.check_n(n)
         return model, resolve_labels(model, labels, n)
 
     async def sample(self, name: str, n: int, seed: int | None, labels, truncation: float) -> Images:
@@ -108,12 +108,12 @@ class GenerationService:
         seed = self.random_seed() if seed is None else seed
         z, drawn = seeded_latents(seed, n, model.latent_dim, len(model.classes), truncation, labels=resolved is None)
         y = drawn if drawn is not None else torch.tensor(resolved, dtype=torch.long)
-        pixels, batches = await self._generate(model, z, y)
+        pixels, batches = await self.generate(model, z, y)
         # image i's seed wraps at 2**32 as its latent does (torch's CPU generator seeds from the
         # low 32 bits): reported so, it is a seed the API takes back
         return Images(pixels, y.tolist(), [(seed + i) % (MAX_SEED + 1) for i in range(n)], z.numpy(), batches)
 
-    def _latent_tensor(self, model: ServedModel, latents: list[list[float]]) -> torch.Tensor:
+    def latent_tensor(self, model: ServedModel, latents: list[list[float]]) -> torch.Tensor:
         for i, lat in enumerate(latents):
             if len(lat) != model.latent_dim:
                 raise InvalidInput(f"latent {i} has {len(lat)} values; {model.name} needs latent_dim={model.latent_dim}")
@@ -124,10 +124,10 @@ class GenerationService:
 
     async def decode(self, name: str, latents: list[list[float]], labels) -> Images:
         model = self.registry.get(name)
-        self._check_n(len(latents), "latents")
-        z = self._latent_tensor(model, latents)
+        self.check_n(len(latents), "latents")
+        z = self.latent_tensor(model, latents)
         y = resolve_labels(model, labels, len(latents))
-        pixels, batches = await self._generate(model, z, torch.tensor(y, dtype=torch.long))
+        pixels, batches = await self.generate(model, z, torch.tensor(y, dtype=torch.long))
         return Images(pixels, y, None, z.numpy(), batches)
 
     def encodable(self, name: str) -> ServedModel:
@@ -140,7 +140,7 @@ class GenerationService:
     async def encode(self, name: str, images: np.ndarray, labels) -> tuple[np.ndarray, list[int]]:
         """images: (n, 28, 28) float32 in [0, 1] -> ((n, 2, latent_dim) mu/logvar, labels)."""
         model = self.encodable(name)
-        self._check_n(len(images))
+        self.check_n(len(images))
         c, h, w = model.image_shape
         if images.shape[1:] != (h, w):
             raise InvalidInput(f"images must be {h}x{w}")
@@ -158,7 +158,7 @@ class GenerationService:
         ends = []
         for point in (start, end):
             if isinstance(point, LatentEndpoint):
-                ends.append(self._latent_tensor(model, [point.latent])[0])
+                ends.append(self.latent_tensor(model, [point.latent])[0])
             else:
                 ends.append(seeded_latent(point.seed, model.latent_dim, len(model.classes), truncation)[0])
         t = torch.linspace(0.0, 1.0, steps)
@@ -169,6 +169,6 @@ class GenerationService:
         if not torch.isfinite(z).all():  # finite ends, but b - a overflowed float32 (e.g. 3e38 and -3e38)
             raise InvalidInput("the frames' latents overflow float32 between these endpoints; use smaller latents")
         y = [resolve_label(model, label)] * steps
-        pixels, batches = await self._generate(model, z, torch.tensor(y, dtype=torch.long))
+        pixels, batches = await self.generate(model, z, torch.tensor(y, dtype=torch.long))
         return Images(pixels, y, None, z.numpy(), batches)
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.edge.errors import install_error_handlers
-from app.edge.fastpath import SamplesFastPath
+from app.edge.fastpath import FastPath
 from app.edge.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
 from app.edge.middleware import (
     BodyLimitMiddleware,
@@ -23,8 +23,9 @@ from app.edge.middleware import (
     RequestContextMiddleware,
 )
 from app.edge.openapi import tailored_openapi
-from app.edge.routes import catalog, generation, health
+from app.edge.routes import catalog, control, generation, health
 from app.edge.shedding import LoadShedMiddleware
+from app.engine.control import ControlService
 from app.engine.registry import Registry
 from app.engine.service import GenerationService
 from app.server.drain import batch_drain_budget_s
@@ -77,6 +78,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         state.png_executor = ThreadPoolExecutor(settings.png_threads, thread_name_prefix="png")
         state.upload_executor = ThreadPoolExecutor(1, thread_name_prefix="upload")  # /encode's image decoding
         service = GenerationService(reg, settings, forward_executor, metrics)
+        projection_executor = ThreadPoolExecutor(settings.projection_concurrency, thread_name_prefix="projection")
+        state.control = ControlService(service, projection_executor)
         for batcher in service.batchers:
             batcher.start()
         state.service = service
@@ -100,6 +103,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             budget = batch_drain_budget_s(settings.drain_timeout_s, getattr(state, "stop_started", None))
             await asyncio.gather(*(b.drain(budget) for b in service.batchers))
             forward_executor.shutdown(wait=True)
+            projection_executor.shutdown(wait=True)  # a projection stops at its next step: reg.stopping is set
             state.png_executor.shutdown(wait=True)
             state.upload_executor.shutdown(wait=True)
             if registry is None:  # loaded here: its part threads end with this app
@@ -126,10 +130,11 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(generation.router)
+    app.include_router(control.router)
     # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys,
     # load shedding, body limits, the raw ASGI path for sampling, and HEAD as GET
     app.add_middleware(HeadAsGetMiddleware)
-    app.add_middleware(SamplesFastPath, state=app.state)
+    app.add_middleware(FastPath, state=app.state)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes, upload_limit=settings.max_upload_bytes)
     app.add_middleware(LoadShedMiddleware, state=app.state)
     keys = settings.all_api_keys()

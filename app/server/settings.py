@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_images_per_request: int = Field(64, ge=1, le=4096)
     max_interpolation_steps: int = Field(64, ge=2, le=1024)
+    projection_concurrency: int = Field(1, ge=1, le=64, description="GAN projections (/project) run at once, each in "
+                                        "its own thread beside the forward pass; up to 4x this many wait, more get a 429")
+    projection_max_steps: int = Field(1000, ge=1, le=100_000, description="most optimisation steps a /project request may ask")
+    projection_timeout_s: float = Field(10.0, gt=0, le=3600, description="a projection stops at this time with the best "
+                                        "latent found so far (its answer says how many steps ran)")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body (413 beyond)")
     max_upload_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest /encode body, multipart included")
     max_upload_pixels: int = Field(4096 * 4096, ge=28 * 28)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.engine.control import ControlService
 from app.engine.exceptions import NotReady
 from app.engine.service import GenerationService
 from app.server.settings import Settings
@@ -32,3 +33,11 @@ async def get_service(request: Request) -> GenerationService:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[GenerationService, Depends(get_service)]
+
+
+async def get_control(request: Request) -> ControlService:
+    live_service(request.app.state)
+    return request.app.state.control
+
+
+ControlDep = Annotated[ControlService, Depends(get_control)]

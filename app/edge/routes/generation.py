@@ -82,7 +82,7 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-def _headers(model: str, version: str, images: Images, seed: int | None) -> dict[str, str]:
+def image_headers(model: str, version: str, images: Images, seed: int | None) -> dict[str, str]:
     headers = {"X-Model-Version": version, "X-Model": model, "X-Labels": ",".join(map(str, images.labels))}
     if seed is not None:
         headers["X-Seed"] = str(seed)
@@ -99,12 +99,12 @@ class Rendered:
 
 async def render_bytes(state: Any, scope: Scope, model_name: str, version: str, classes: list[str], images: Images, *,
                        fmt: str, columns: int, scale: int, seed: int | None, include_latents: bool = False,
-                       headers: dict[str, str] | None = None) -> Rendered:
+                       headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> Rendered:
     """PNG (one image or a grid) or JSON with base64 PNGs, encoded in the PNG thread pool; notes
     model, rows and batch ids for the access log line."""
     level = state.settings.png_compress_level
     scope.setdefault("state", {})["log"] = {"model": model_name, "rows": len(images.pixels), "batch": images.batch_ids}
-    hdrs = {**_headers(model_name, version, images, seed), **(headers or {})}
+    hdrs = {**image_headers(model_name, version, images, seed), **(headers or {})}
     loop = asyncio.get_running_loop()
     if fmt == "png":
         if len(images.pixels) == 1 and scale == 1:
@@ -125,7 +125,7 @@ async def render_bytes(state: Any, scope: Scope, model_name: str, version: str, 
         if include_latents and images.latents is not None:
             item["latent"] = images.latents[i].tolist()
         items.append(item)
-    return Rendered(json_bytes({"model": model_name, "version": version, "seed": seed, "images": items}),
+    return Rendered(json_bytes({"model": model_name, "version": version, "seed": seed, "images": items, **(extra or {})}),
                     "application/json", hdrs)
 
 
@@ -163,7 +163,7 @@ async def samples(model: str, body: SampleRequest, request: Request) -> Response
         return Response(status_code=CLIENT_CLOSED)
 
 
-def _one_query_label(request: Request) -> None:
+def one_query_label(request: Request) -> None:
     """A query takes one label, for every image. A repeated ?label= took its last value
     silently, where a client may have meant one label per image."""
     count = len(request.query_params.getlist("label"))
@@ -172,12 +172,12 @@ def _one_query_label(request: Request) -> None:
                            "(POST a JSON body or form fields for one label per image)")
 
 
-def _etag(*parts: Any) -> str:
+def etag_of(*parts: Any) -> str:
     digest = hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()[:32]
     return f'"{digest}"'
 
 
-def _etag_matches(request: Request, etag: str) -> bool:
+def etag_matches(request: Request, etag: str) -> bool:
     header = request.headers.get("if-none-match")
     if not header:
         return False
@@ -193,17 +193,17 @@ async def samples_png(model: str, request: Request, service: ServiceDep, setting
                       columns: Annotated[int, Query(ge=1, le=256)] = 8,
                       truncation: Annotated[float, Query(gt=0.0, le=1.0)] = 1.0,
                       scale: Annotated[int, Query(ge=1, le=16)] = 1) -> Response:
-    _one_query_label(request)
+    one_query_label(request)
     labels = None if label is None else label_spec(label)
     m, _ = service.check_sample(model, n, labels)  # a request that is a 4xx is never a 304
     cache: dict[str, str] = {"Cache-Control": "no-store"}
     if seed is not None:
         # layout, device kind and dtype change a few pixels: the ETag names them (none for float32
         # NCHW on a CPU, which keeps the ETags of the builds before them: the same bytes)
-        etag = _etag(m.name, m.version, m.sha256, n, seed, labels, columns, truncation, scale, settings.png_compress_level,
+        etag = etag_of(m.name, m.version, m.sha256, n, seed, labels, columns, truncation, scale, settings.png_compress_level,
                      *m.pixel_variant)
         cache = {"ETag": etag, "Cache-Control": "public, max-age=31536000, immutable"}
-        if _etag_matches(request, etag):
+        if etag_matches(request, etag):
             return Response(status_code=304, headers={**cache, "X-Model-Version": m.version, "X-Seed": str(seed)})
     else:
         seed = service.random_seed()
@@ -227,26 +227,21 @@ async def decode(model: str, body: Annotated[DecodeRequest, Body(openapi_example
                         columns=body.columns, scale=body.scale, seed=None)
 
 
-@router.post("/encode", response_model=EncodeResponse, summary="VAE only: image(s) -> latent mean and log-variance",
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "image/png": {"schema": {"type": "string", "format": "binary"}},
-                 "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                     "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                     "label": {"type": "array", "items": {"type": "string"}}}}}}}},
-             responses=ERRORS)
-async def encode(model: str, request: Request, service: ServiceDep, settings: SettingsDep,
-                 label: Annotated[str | None, Query(max_length=64, description="class index or name for every image")] = None,
-                 invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
-    m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
-    _one_query_label(request)
+async def read_uploads(request: Request, settings: Any, label: str | None, invert: bool,
+                       max_files: int | None = None) -> tuple[np.ndarray, Any] | None:
+    """The images of an upload route (``/encode``, ``/variations``, ``/project``): one image as the
+    raw body or multipart ``file`` parts, with ``label`` from the query or form fields (not both).
+    Returns ((n, 28, 28) float32 in [0, 1], the label spec or None), or None if the client left
+    half-way. Headers are checked before any pixel is decoded; decoding runs in its own thread."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    max_files = max_files or settings.max_images_per_request
     try:
         body = await request.body()  # bounded by LATENTSERVE_MAX_UPLOAD_BYTES (BodyLimitMiddleware); kept for form()
     except ClientDisconnect:  # an upload abandoned half-way: the client's doing, not a 500
-        return Response(status_code=CLIENT_CLOSED)
+        return None
     labels: list[str] = [] if label is None else [label]
     if ctype == "multipart/form-data":
-        async with request.form(max_files=settings.max_images_per_request, max_fields=settings.max_images_per_request + 8) as form:
+        async with request.form(max_files=max_files, max_fields=max_files + 8) as form:
             files = [f for f in form.getlist("file") if not isinstance(f, str)]
             form_labels = [v for v in form.getlist("label") if isinstance(v, str)]
             if labels and form_labels:
@@ -255,6 +250,8 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
             blobs = [await f.read() for f in files]
         if not blobs:
             raise InvalidInput("multipart upload without a `file` part")
+        if len(blobs) > max_files:
+            raise InvalidInput(f"{len(blobs)} files; this route takes at most {max_files}")
     elif ctype.startswith("image/") or ctype == "application/octet-stream":
         blobs = [body]
     else:
@@ -272,9 +269,27 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
 
     # in their own thread: a large upload never holds up the PNG encoding of other clients' answers
     pixels = await asyncio.get_running_loop().run_in_executor(request.app.state.upload_executor, decode_all)
-    request.state.log = {"model": model, "rows": len(pixels)}  # for the access log line
     parsed = [label_spec(v) for v in labels]
-    spec = None if not parsed else (parsed[0] if len(parsed) == 1 else parsed)
+    return pixels, (None if not parsed else (parsed[0] if len(parsed) == 1 else parsed))
+
+
+@router.post("/encode", response_model=EncodeResponse, summary="VAE only: image(s) -> latent mean and log-variance",
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "image/png": {"schema": {"type": "string", "format": "binary"}},
+                 "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                     "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                     "label": {"type": "array", "items": {"type": "string"}}}}}}}},
+             responses=ERRORS)
+async def encode(model: str, request: Request, service: ServiceDep, settings: SettingsDep,
+                 label: Annotated[str | None, Query(max_length=64, description="class index or name for every image")] = None,
+                 invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
+    m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
+    one_query_label(request)
+    upload = await read_uploads(request, settings, label, invert)
+    if upload is None:
+        return Response(status_code=CLIENT_CLOSED)
+    pixels, spec = upload
+    request.state.log = {"model": model, "rows": len(pixels)}  # for the access log line
     if spec is None:
         raise InvalidInput("label is required to encode with a class-conditional VAE (query ?label= or form field)")
     try:
@@ -297,6 +312,6 @@ async def interpolate(model: str, body: InterpolateRequest, request: Request, se
     request.state.log = {"model": model, "rows": len(images.pixels), "batch": images.batch_ids}
     if body.format == "gif":
         gif = await in_png_pool(request, imaging.gif_bytes, images.pixels, body.frame_ms, body.scale)
-        return Response(gif, media_type="image/gif", headers=_headers(model, m.version, images, None))
+        return Response(gif, media_type="image/gif", headers=image_headers(model, m.version, images, None))
     return await render(request, model, m.version, m.classes, images, fmt=body.format,
                         columns=body.steps, scale=body.scale, seed=None, include_latents=True)

@@ -164,7 +164,7 @@ async def test_samples_png_get_is_immutable_with_seed(client):
 async def test_etag_names_the_layout_and_keeps_the_nchw_etags(app_factory):
     """Channels-last can change a pixel: its URLs get other ETags, while NCHW keeps the ETags of
     the builds before the setting (the same bytes)."""
-    from app.edge.routes.generation import _etag
+    from app.edge.routes.generation import etag_of
 
     url = "/v1/models/tiny-gan/samples.png?seed=5"
     async with app_factory(device="cpu") as (app, client):  # the layout is a CPU setting
@@ -173,13 +173,13 @@ async def test_etag_names_the_layout_and_keeps_the_nchw_etags(app_factory):
         nchw = (await client.get(url)).headers["etag"]
         m = app.state.service.registry.get("tiny-gan")
     assert nhwc != nchw
-    assert nchw == _etag(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, app.state.settings.png_compress_level)
-    assert nhwc == _etag(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, app.state.settings.png_compress_level, "nhwc")
+    assert nchw == etag_of(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, app.state.settings.png_compress_level)
+    assert nhwc == etag_of(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, app.state.settings.png_compress_level, "nhwc")
 
 
 async def test_etag_names_a_half_dtype(app_factory):
     """float16/bfloat16 pixels differ from float32's by grey levels: other bytes, another ETag."""
-    from app.edge.routes.generation import _etag
+    from app.edge.routes.generation import etag_of
 
     url = "/v1/models/tiny-gan/samples.png?seed=5"
     async with app_factory(device="cpu", dtype="bfloat16") as (app, client):
@@ -187,7 +187,7 @@ async def test_etag_names_a_half_dtype(app_factory):
         m = app.state.service.registry.get("tiny-gan")
     assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
     level = app.state.settings.png_compress_level
-    assert r.headers["etag"] == _etag(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, level, "nhwc", "bfloat16")
+    assert r.headers["etag"] == etag_of(m.name, m.version, m.sha256, 1, 5, None, 8, 1.0, 1, level, "nhwc", "bfloat16")
 
 
 async def test_samples_png_without_seed_is_not_cached(client):

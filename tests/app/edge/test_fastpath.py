@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from app.edge.fastpath import SamplesFastPath
+from app.edge.fastpath import FastPath
 from tests.conftest import running_app
 
 GAN = "/v1/models/tiny-gan"
@@ -21,7 +21,7 @@ async def both(tiny_weights, **overrides):
 
     settings = Settings(weights_dir=tiny_weights, max_wait_ms=0, max_queue_wait_s=0, **overrides)
     async with running_app(settings) as (fast_app, fast), running_app(settings) as (slow_app, slow):
-        slow_app.user_middleware = [m for m in slow_app.user_middleware if m.cls is not SamplesFastPath]
+        slow_app.user_middleware = [m for m in slow_app.user_middleware if m.cls is not FastPath]
         yield (fast_app, fast), (slow_app, slow)
 
 
@@ -81,3 +81,36 @@ async def test_fast_path_requests_are_counted_under_the_route_template(client):
     assert (await client.post(f"{GAN}/samples", json={"seed": 1})).status_code == 200
     metrics = (await client.get("/metrics")).text
     assert 'latentserve_requests_total{method="POST",route="/v1/models/{model}/samples",status="200"} 1.0' in metrics
+
+
+@pytest.fixture
+def fast_edit_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per request that app.edge.fastpath served as an edit."""
+    from app.edge import fastpath
+
+    calls: list[int] = []
+    original = fastpath.edit_image
+
+    async def counting(*args, **kwargs):
+        calls.append(1)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(fastpath, "edit_image", counting)
+    return calls
+
+
+@pytest.mark.parametrize("body", [
+    {"seed": 3, "moves": [{"direction": 0, "amount": 1.5}]},
+    {"seed": 5, "label": "Bag", "truncation": 0.8, "scale": 3, "moves": [{"direction": 2, "amount": -2}]},
+    {"latent": [0.25] * 8, "format": "json", "moves": [{"direction": 1, "amount": 1}, {"direction": 0, "amount": 2}]},
+])
+async def test_edits_on_the_fast_path_answer_as_the_route(tiny_weights, fast_edit_calls, body):
+    async with both(tiny_weights) as ((_, fast), (_, slow)):
+        a, b = await fast.post(f"{GAN}/edit", json=body), await slow.post(f"{GAN}/edit", json=body)
+        assert a.status_code == 200
+        same(a, b)
+        bad = {**body, "moves": [{"direction": 99, "amount": 1}]}  # a service-side 422
+        same(await fast.post(f"{GAN}/edit", json=bad), await slow.post(f"{GAN}/edit", json=bad))
+        metrics = (await fast.get("/metrics")).text
+    assert fast_edit_calls == [1, 1]
+    assert 'latentserve_requests_total{method="POST",route="/v1/models/{model}/edit",status="200"} 1.0' in metrics
