@@ -253,6 +253,17 @@ def classifier_accuracy(clf: nn.Module, x: torch.Tensor, y: torch.Tensor, batch:
     return correct / len(x)
 
 
+def parse_model_sizes(items: list[str]) -> dict[str, int]:
+    """["latent_dim=2", ...] -> {"latent_dim": 2}: every config size is an integer."""
+    sizes: dict[str, int] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--model wants KEY=INT, got {item!r}")
+        sizes[key] = int(value)
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,12 +280,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
+    p.add_argument("--name", default="", help="model name for the card and files (default: fashion-<kind>)")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=INT",
+                   help="architecture size for the model's config dataclass, e.g. --model latent_dim=2 (repeatable)")
     args = p.parse_args(argv)
     epochs, batch, lr = DEFAULTS[args.kind]
     cfg = TrainConfig(kind=args.kind, epochs=args.epochs or epochs, batch_size=args.batch_size or batch,
                       lr=args.lr or lr, seed=args.seed, device=str(pick_device(args.device)), out=args.out,
                       run_dir=args.run_dir, threads=args.threads, checkpoint_every=args.checkpoint_every,
-                      sample_every=args.sample_every)
+                      sample_every=args.sample_every, name=args.name, model=parse_model_sizes(args.model))
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
     trainer, log = run(cfg, x, y, resume=args.resume)
