@@ -18,12 +18,12 @@ README_URL = "/v1/models/fashion-gan/samples.png"
 README_ETAG = '"8039ea20aadd03198934a420e9a8bd2f"'
 
 
-async def test_shipped_folder_serves_the_gan_and_the_vae_with_pinned_etags():
+async def test_shipped_folder_serves_the_gans_and_vaes_with_pinned_etags():
     settings = Settings(device="cpu", max_wait_ms=0, max_queue_wait_s=0)
     assert settings.weights_dir == DEFAULT_WEIGHTS_DIR and (DEFAULT_WEIGHTS_DIR / "fashion-classifier.json").is_file()
     async with running_app(settings) as (_, client):
         listed = (await client.get("/v1/models")).json()["models"]
-        assert [m["name"] for m in listed] == ["fashion-gan", "fashion-vae"]  # the classifier is not served
+        assert [m["name"] for m in listed] == ["fashion-gan", "fashion-vae", "fashion-vae-2d"]  # not the classifier
         r = await client.get(README_URL, params={"seed": 7, "label": "Sneaker", "scale": 4})
         assert r.status_code == 200 and r.headers["etag"] == README_ETAG
         assert Image.open(io.BytesIO(r.content)).size == (112, 112)
@@ -38,3 +38,16 @@ def test_the_shipped_classifier_cannot_be_served():
 
     with pytest.raises(ModelLoadError, match="kind 'classifier' cannot be served"):
         Registry.from_settings(Settings(device="cpu", models=["fashion-classifier"]))
+
+
+def test_the_2d_latent_vae_card_says_how_it_was_trained_and_how_it_scores():
+    from models.card import read_card
+
+    card = read_card(DEFAULT_WEIGHTS_DIR / "fashion-vae-2d.json")
+    assert card["kind"] == "vae" and card["latent_dim"] == 2 and card["config"]["latent_dim"] == 2
+    training = card["training"]
+    assert training["command"] == "python -m models.train vae --name fashion-vae-2d --model latent_dim=2 --epochs 6 --run-dir runs/vae-2d"
+    assert training["device"] == "cpu" and training["wall_time_s"] <= 15 * 60  # trained in at most 15 minutes here
+    metrics = card["metrics"]
+    assert metrics["eval_samples"] == 10_000 and 0.0 < metrics["conditional_accuracy"] <= 1.0
+    assert metrics["fid_classifier_features"] > 0 and metrics["test_neg_elbo_nats"] > 0

@@ -41,6 +41,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 DECODE_EXAMPLES = {
     "fashion-vae": {"summary": "fashion-vae (latent_dim 16)",
                     "value": {"latents": [[0.0] * 16], "labels": "Dress", "format": "png", "scale": 4}},
+    "fashion-vae-2d": {"summary": "fashion-vae-2d (latent_dim 2: a point of its map)",
+                       "value": {"latents": [[0.5, -1.0]], "labels": "Coat", "format": "png", "scale": 4}},
     "fashion-gan": {"summary": "fashion-gan (latent_dim 64)",
                     "value": {"latents": [[0.0] * 64], "labels": "Sneaker", "format": "png", "scale": 4}},
 }

@@ -247,7 +247,7 @@ async def test_seeds_past_2_to_the_32_are_reported_wrapped(client):
 async def test_openapi_has_a_decode_example_for_each_latent_size(client):
     spec = (await client.get("/openapi.json")).json()
     examples = spec["paths"]["/v1/models/{model}/decode"]["post"]["requestBody"]["content"]["application/json"]["examples"]
-    assert {name: len(ex["value"]["latents"][0]) for name, ex in examples.items()} == {"fashion-vae": 16, "fashion-gan": 64}
+    assert {name: len(ex["value"]["latents"][0]) for name, ex in examples.items()} == {"fashion-vae": 16, "fashion-vae-2d": 2, "fashion-gan": 64}
 
 
 # A second review (2026-11-30, later): a body that makes errors by the hundred thousand, and a
