@@ -4,6 +4,8 @@ see the same minutes of a machine whose speed drifts. For the routes that promis
 
     python -m bench.routes                                   # /edit against /samples, c=64
     python -m bench.routes --b-path edit --b-body '{"seed":%d,"moves":[{"direction":0,"amount":1.5}]}'
+    python -m bench.routes --b-path /v1/images/generations \
+        --b-body '{"prompt":"a sneaker, take %d","model":"fashion-gan","size":"28x28","response_format":"b64_json"}'
 
 Each body is a JSON template with one %d, the request's seed (a different seed per request, as
 bench/samples.lua). Prints every round, the medians, B / A, and how many rounds B won. Needs wrk."""
@@ -53,13 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.wait_ready()
             url = f"http://127.0.0.1:{port}/v1/models/{args.model}/"
+            def target(path: str) -> str:  # a path under the model, or an absolute one (/v1/images/...)
+                return f"http://127.0.0.1:{port}{path}" if path.startswith("/") else url + path
+
             for path, body in sides.values():
-                loadgen.run_wrk(wrk, url + path, load, args.warmup, seed_base=0, body_template=body)
+                loadgen.run_wrk(wrk, target(path), load, args.warmup, seed_base=0, body_template=body)
             for i in range(args.rounds):
                 for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
                     path, body = sides[side]
                     server.wait_idle()
-                    r = loadgen.run_wrk(wrk, url + path, load, args.duration, seed_base=(i + 1) * 1_000_000,
+                    r = loadgen.run_wrk(wrk, target(path), load, args.duration, seed_base=(i + 1) * 1_000_000,
                                         body_template=body)
                     rounds[side].append(r)
                     print(f"round {i + 1} {side} /{path}: {r['img_per_s']:8.1f} img/s  p50 {r['p50_ms']:6.2f} ms  "

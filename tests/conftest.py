@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,11 +21,13 @@ import torch
 
 from app.server.factory import create_app
 from app.server.settings import Settings
+from bench.servers import child_pythonpath
 from models.card import save_model
 from models.gan import GANConfig, Generator
 from models.vae import VAE, VAEConfig
 
 GAN_LATENT, VAE_LATENT = 8, 4
+ROOT = Path(__file__).resolve().parent.parent
 
 # Property tests run derandomized by default: the same cases every run, so a red CI is a change,
 # not a dice roll. HYPOTHESIS_PROFILE=explore draws new cases each run (and remembers failures).
@@ -108,3 +114,35 @@ def fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(fastpath, "sample", counting)
     return calls
+
+
+# ---- a real `python -m app` process over TCP ----
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(weights: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    environ = {**os.environ, "PYTHONPATH": child_pythonpath(), "LATENTSERVE_WEIGHTS_DIR": str(weights),
+               "LATENTSERVE_PORT": str(port), "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_TORCH_THREADS": "1",
+               # access logs at load would fill the unread stdout pipe and block the server
+               "LATENTSERVE_LOG_LEVEL": "warning", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environ,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server did not become ready")

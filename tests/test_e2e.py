@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
-import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,39 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from bench.servers import child_pythonpath
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(weights: Path, **env: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    environ = {**os.environ, "PYTHONPATH": child_pythonpath(), "LATENTSERVE_WEIGHTS_DIR": str(weights),
-               "LATENTSERVE_PORT": str(port), "LATENTSERVE_HOST": "127.0.0.1", "LATENTSERVE_TORCH_THREADS": "1",
-               # access logs at load would fill the unread stdout pipe and block the server
-               "LATENTSERVE_LOG_LEVEL": "warning", **env}
-    proc = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=environ,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not become ready")
+from tests.conftest import start_server, wait_ready
 
 
 @pytest.fixture

@@ -62,7 +62,8 @@ def service_error(exc: ex.ServiceError, method: str, path: str, draining: bool) 
     headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, ex.QueueFull) else None
     if isinstance(exc, ex.NotReady) and draining:
         headers = {"Connection": "close"}  # send the client to another replica
-    return status, error_body(code, exc.message), headers
+    extra = {"param": exc.param} if exc.param else {}
+    return status, error_body(code, exc.message, **extra), headers
 
 
 def _internal(request: Request, exc: BaseException) -> JSONResponse:

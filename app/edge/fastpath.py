@@ -1,6 +1,6 @@
-"""The hot routes without the framework: ``POST /v1/models/{model}/samples`` and ``.../edit``
-(the same forward pass as a sample) with a valid JSON body are served here as raw ASGI: the body validated by pydantic in one call
-(``model_validate_json``), the same core (``sample``, ``edit_image``) as the FastAPI route, the answer sent as two
+"""The hot routes without the framework: ``POST /v1/models/{model}/samples``, ``.../edit`` (the
+same forward pass as a sample) and ``POST /v1/images/generations`` with a valid JSON body are served here as raw ASGI: the body validated by pydantic in one call
+(``model_validate_json``), the same core (``sample``, ``edit_image``, ``generate_images``) as the FastAPI route, the answer sent as two
 ASGI messages. FastAPI's routing, dependency solving and Response objects cost about 1 ms of the
 event loop's CPU per request, the thread that also feeds the forward pass (docs/benchmarks.md).
 
@@ -20,13 +20,26 @@ from app.edge.asgi import route_path, send_json, send_response
 from app.edge.errors import CLIENT_CLOSED, error_body, internal_error, service_error
 from app.edge.routes.control import edit_image
 from app.edge.routes.generation import ClientGone, sample
+from app.edge.routes.images import ImageGenerationRequest, generate_images
 from app.edge.schemas import EditRequest, SampleRequest
 from app.engine.exceptions import ServiceError
 
-FAST_RE = re.compile(r"/v1/models/([^/]+)/(samples|edit)")
-# operation -> (its body's schema, the name of its core in this module: looked up per call, so a
-# test can count the calls)
-FAST_ROUTES: dict[str, tuple[type, str]] = {"samples": (SampleRequest, "sample"), "edit": (EditRequest, "edit_image")}
+FAST_RE = re.compile(r"/v1/(?:models/([^/]+)/(samples|edit)|images/(generations))")
+# operation -> (its body's schema, the route template for metrics and logs)
+FAST_ROUTES: dict[str, tuple[type, str]] = {
+    "samples": (SampleRequest, "/v1/models/{model}/samples"),
+    "edit": (EditRequest, "/v1/models/{model}/edit"),
+    "generations": (ImageGenerationRequest, "/v1/images/generations"),
+}
+
+
+async def _core(operation: str, state: Any, scope: Scope, receive: Receive, model: str | None, body: Any) -> Any:
+    """The route's own core for ``operation`` (looked up in this module per call: tests count the calls)."""
+    if operation == "samples":
+        return await sample(state, scope, receive, model, body)
+    if operation == "edit":
+        return await edit_image(state, scope, receive, model, body)
+    return await generate_images(state, scope, receive, model, body)
 
 
 def _is_json(scope: Scope) -> bool:
@@ -58,9 +71,9 @@ class FastPath:
         if m is None or not _is_json(scope):
             await self.app(scope, receive, send)
             return
-        operation = m.group(2)
-        schema, core = FAST_ROUTES[operation]
-        scope["latentserve.route"] = f"/v1/models/{{model}}/{operation}"  # the route label in metrics and logs
+        model, operation = m.group(1), m.group(2) or m.group(3)
+        schema, template = FAST_ROUTES[operation]
+        scope["latentserve.route"] = template  # the route label in metrics and logs
         chunks, more = [], True
         try:
             while more:
@@ -82,7 +95,7 @@ class FastPath:
             await self.app(scope, _replay(body, receive), send)
             return
         try:
-            rendered = await globals()[core](self.state, scope, receive, m.group(1), request)
+            rendered = await _core(operation, self.state, scope, receive, model, request)
         except ClientGone:
             await send_response(send, CLIENT_CLOSED)
             return

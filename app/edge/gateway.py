@@ -12,7 +12,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.edge.asgi import send_json
 
 PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})  # "/": the playground page, which asks for the key
+OPEN_PREFIXES = ("/playground/",)  # its static assets
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -97,7 +98,8 @@ class ApiKeyMiddleware:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):]
-        if path in self.open or scope["method"] == "OPTIONS" or self._authorised(scope):
+        if (path in self.open or path.startswith(OPEN_PREFIXES) or scope["method"] == "OPTIONS"
+                or self._authorised(scope)):
             await self.app(scope, receive, send)
             return
         await send_json(send, 401, {"error": {"code": "unauthorized", "message":

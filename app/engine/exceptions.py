@@ -5,11 +5,13 @@ from __future__ import annotations
 
 
 class ServiceError(Exception):
-    """Base class; ``message`` is safe to show to clients."""
+    """Base class; ``message`` is safe to show to clients; ``param`` names the request field at
+    fault, where one is (the OpenAI-shaped routes report it)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.message = message
+        self.param = param
 
 
 class ModelNotFound(ServiceError):

@@ -20,8 +20,8 @@ import torch.nn as nn
 from app.engine.exceptions import ModelNotFound
 from app.engine.passes import Pixels, pass_parts, run_in_parts, stable_dense_rows
 from app.server.settings import Settings
-from models.directions import Directions, sefa
 from models.card import ModelLoadError, channels_last_on_cpu, load_model, read_card
+from models.directions import Directions, sefa
 from models.images import to_uint8
 
 log = logging.getLogger("latentserve.registry")

@@ -113,6 +113,11 @@ class GenerationService:
         # low 32 bits): reported so, it is a seed the API takes back
         return Images(pixels, y.tolist(), [(seed + i) % (MAX_SEED + 1) for i in range(n)], z.numpy(), batches)
 
+    def seed_labels(self, model: ServedModel, seed: int, n: int) -> list[int]:
+        """The labels ``sample`` draws for seeds seed .. seed + n - 1 when none is given (no forward pass)."""
+        _, drawn = seeded_latents(seed, n, model.latent_dim, len(model.classes))
+        return drawn.tolist()
+
     def latent_tensor(self, model: ServedModel, latents: list[list[float]]) -> torch.Tensor:
         for i, lat in enumerate(latents):
             if len(lat) != model.latent_dim:

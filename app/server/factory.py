@@ -22,8 +22,9 @@ from app.edge.middleware import (
     HeadAsGetMiddleware,
     RequestContextMiddleware,
 )
+from app.edge.openai import OpenAIErrorMiddleware
 from app.edge.openapi import tailored_openapi
-from app.edge.routes import catalog, control, generation, health
+from app.edge.routes import catalog, control, generation, health, images, playground
 from app.edge.shedding import LoadShedMiddleware
 from app.engine.control import ControlService
 from app.engine.registry import Registry
@@ -131,6 +132,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     app.include_router(catalog.router)
     app.include_router(generation.router)
     app.include_router(control.router)
+    app.include_router(images.router)
+    if settings.playground:
+        app.include_router(playground.router)
     # outermost last: request id + metrics + access log, then proxy headers, CORS, API keys,
     # load shedding, body limits, the raw ASGI path for sampling, and HEAD as GET
     app.add_middleware(HeadAsGetMiddleware)
@@ -147,6 +151,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID", "If-None-Match"],
                            expose_headers=["X-Seed", "X-Model-Version", "X-Labels", "X-Request-ID", "ETag", "Retry-After"],
                            max_age=600)
+    app.add_middleware(OpenAIErrorMiddleware)  # outside the API keys: their 401 is in OpenAI's shape there too
     app.add_middleware(ProxyHeadersMiddleware, trusted=settings.forwarded_allow_ips)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, state=app.state, routes=app.routes)
     return app

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_images_per_request: int = Field(64, ge=1, le=4096)
     max_interpolation_steps: int = Field(64, ge=2, le=1024)
+    playground: bool = Field(True, description="serve the playground page at / (its static files ship in the package)")
     projection_concurrency: int = Field(1, ge=1, le=64, description="GAN projections (/project) run at once, each in "
                                         "its own thread beside the forward pass; up to 4x this many wait, more get a 429")
     projection_max_steps: int = Field(1000, ge=1, le=100_000, description="most optimisation steps a /project request may ask")

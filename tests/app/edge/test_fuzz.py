@@ -28,7 +28,7 @@ def test_schemathesis_finds_no_failures_and_the_service_stays_ready(tiny_weights
     assert stats.failures == [], "\n\n".join(stats.failures)
     assert not [s for s in stats.statuses if s >= 500], stats.statuses
     ops = {label.rsplit(" [", 1)[0] for label in stats.per_operation}
-    assert len(ops) == 17  # every operation of the document was fuzzed
+    assert len(ops) == 19  # every operation of the document was fuzzed
     assert all(n > 0 for label, n in stats.per_operation.items() if label.endswith("[positive]"))
     assert stats.cases >= 250 and stats.statuses[200] > 0 and stats.statuses[422] > 0
     client = schemathesis.python.asgi.get_client(app)

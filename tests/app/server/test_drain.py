@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from bench import rawhttp
-from tests.test_e2e import start_server, wait_ready
+from tests.conftest import start_server, wait_ready
 
 
 def post(port: int, body: bytes) -> tuple[str, bytes]:

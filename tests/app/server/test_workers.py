@@ -20,7 +20,7 @@ import pytest
 from app.server.factory import create_app
 from app.server.settings import Settings
 from bench.servers import child_pythonpath, children_map, is_worker, worker_pids
-from tests.test_e2e import start_server, wait_ready
+from tests.conftest import start_server, wait_ready
 
 pytestmark = pytest.mark.e2e
 GAN = "/v1/models/tiny-gan"
