@@ -12,7 +12,7 @@ conditional GANs).
 
 ``A`` is ``fc.weight[:, :latent_dim]`` for the GAN's generator and the latent columns of the
 VAE decoder's first linear layer (``latent_weight()`` on either module). The directions are
-computed once, in float64, in well under a millisecond for these sizes, and made unique by sign:
+computed once at load, in float64 (5 ms for the GAN's 6272x64 layer here, 0.2 ms for the VAEs), and made unique by sign:
 an eigenvector's sign is arbitrary, so each is flipped to make its largest-magnitude entry
 positive. The result is orthonormal: ``V^T V = I``.
 """

@@ -143,13 +143,17 @@ async def _best_label(service: GenerationService, model: ServedModel, image: np.
 
 @router.post("/variations", summary="OpenAI images API: variations of an uploaded image (a VAE)",
              openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                 # form fields arrive as text: no JSON type is declared for the optional ones (an empty
+                 # list would arrive as no field at all, indistinguishable from leaving it out)
                  "type": "object", "required": ["image"], "properties": {
-                     "image": {"type": "string", "format": "binary"}, "model": {"type": "string"},
-                     "n": {"type": "integer", "minimum": 1}, "size": {"type": "string"},
-                     "response_format": {"type": "string", "enum": ["url", "b64_json"]},
-                     "label": {"type": "string", "description": "class of the upload (not OpenAI's); absent = the "
-                               "class under which the VAE reconstructs it best"},
-                     "user": {"type": "string"}}}}}}},
+                     "image": {"type": "string", "format": "binary"},
+                     "model": {"description": "a served VAE; default the first"},
+                     "n": {"description": "variations, a whole number (default 1)"},
+                     "size": {"description": "28x28, 56x56, 112x112, 224x224, or OpenAI's sizes (the nearest)"},
+                     "response_format": {"description": "url (a data: URL) or b64_json"},
+                     "label": {"description": "class of the upload (not OpenAI's); absent = the class under "
+                               "which the VAE reconstructs it best"},
+                     "user": {"description": "accepted and ignored"}}}}}}},
              responses={200: {"description": '{"created", "data": [{"b64_json" | "url": a data: URL, "revised_prompt"}]}'},
                         **ERRORS})
 async def variations(request: Request) -> Response:
@@ -162,11 +166,14 @@ async def variations(request: Request) -> Response:
         async with request.form(max_files=1, max_fields=16) as form:
             image = form.get("image")
             fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            repeated = next((k for k in fields if len(form.getlist(k)) > 1), None)
             data = await image.read() if image is not None and not isinstance(image, str) else None
     except ClientDisconnect:
         return Response(status_code=CLIENT_CLOSED)
     if data is None:
         raise InvalidInput("the `image` file part is missing", param="image")
+    if repeated is not None:
+        raise InvalidInput(f"field {repeated[:40]!r} given more than once", param=repeated[:40])
     unknown = set(fields) - {"model", "n", "size", "response_format", "label", "user"}
     if unknown:
         raise InvalidInput(f"unknown field {sorted(unknown)[0][:40]!r}", param=sorted(unknown)[0][:40])
