@@ -92,3 +92,26 @@ def test_dockerfile_conventions():
     assert json.loads(entry) == ["latentserve"]  # exec form
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert ignore[0] == "*" and "!weights/" in ignore
+
+
+def test_the_ingress_and_the_nginx_config_agree_with_the_service_settings():
+    """Body size = MAX_UPLOAD_BYTES, read timeouts above REQUEST_TIMEOUT_S, the same retry policy
+    and prefix in the Kubernetes Ingress and in deploy/nginx."""
+    settings = Settings()
+    ingress = yaml.safe_load((ROOT / "deploy" / "k8s" / "ingress.yaml").read_text())
+    notes = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert notes[prefix + "proxy-body-size"] == f"{settings.max_upload_bytes // (1024 * 1024)}m"
+    assert float(notes[prefix + "proxy-read-timeout"]) > settings.request_timeout_s
+    assert notes[prefix + "x-forwarded-prefix"] == "/latentserve"
+    proxy = (ROOT / "deploy" / "nginx" / "latentserve-proxy.conf").read_text()
+    retry = re.search(r"(?m)^proxy_next_upstream (.+);", proxy).group(1)
+    assert notes[prefix + "proxy-next-upstream"] == retry == "error timeout http_503 non_idempotent"
+    assert f"client_max_body_size {settings.max_upload_bytes // (1024 * 1024)}m;" in proxy
+    read = int(re.search(r"(?m)^proxy_read_timeout (\d+)s;", proxy).group(1))
+    assert read > settings.request_timeout_s and str(read) == notes[prefix + "proxy-read-timeout"]
+    site = (ROOT / "deploy" / "nginx" / "latentserve.conf").read_text()
+    assert re.findall(r"server 127\.0\.0\.1:\d+ max_fails=(\d+);", site) == ["0", "0"]
+    service = next(d for d in yaml.safe_load_all((ROOT / "deploy" / "k8s" / "service.yaml").read_text()))
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"] and backend["port"]["name"] == service["spec"]["ports"][0]["name"]
