@@ -3,7 +3,6 @@ request. (Pure ASGI rather than BaseHTTPMiddleware: no extra task or body copy p
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import re
 import time
@@ -15,19 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.edge.asgi import send_json
 from app.edge.errors import internal_error
+from app.server.logs import request_id_var
 from app.server.metrics import Metrics
 
-request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_log = logging.getLogger("latentserve.access")
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds ``request_id`` to every log record, from the request being served."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
-        return True
 
 
 def incoming_request_id(scope: Scope) -> str:

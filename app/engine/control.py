@@ -22,19 +22,10 @@ import torch
 
 from app.engine.exceptions import InvalidInput, QueueFull, UnsupportedOperation
 from app.engine.registry import ServedModel
-from app.engine.service import GenerationService, Images, resolve_label, resolve_labels
+from app.engine.service import SEED_MOD, GenerationService, Images, Start, resolve_label, resolve_labels
 from models.directions import Directions, move
 from models.latents import seeded_latents
 from models.projection import Projection, project
-
-SEED_MOD = 2**32  # the API's seeds are 32-bit, and wrap as samples' do
-
-
-@dataclass(frozen=True)
-class Start:
-    """Where an edit begins: exactly one of ``seed`` and ``latent``."""
-    seed: int | None = None
-    latent: Sequence[float] | None = None
 
 
 @dataclass

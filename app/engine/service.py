@@ -5,18 +5,27 @@ per-request latents on the CPU, each image from its own seeded generator."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from app.edge.schemas import MAX_SEED, Endpoint, LatentEndpoint
 from app.engine.batching import Batcher, BatcherMetrics
 from app.engine.exceptions import InvalidInput, UnsupportedOperation
 from app.engine.registry import Registry, ServedModel
 from app.server.settings import Settings
 from models.latents import lerp, seeded_latent, seeded_latents, slerp
+
+SEED_MOD = 2**32  # the API's seeds are 32-bit: image i's seed, s + i, wraps as its latent does
+
+
+@dataclass(frozen=True)
+class Start:
+    """A latent given by a seed (the latent ``sample`` draws for it) or explicitly: exactly one."""
+    seed: int | None = None
+    latent: Sequence[float] | None = None
 
 
 @dataclass
@@ -111,7 +120,7 @@ class GenerationService:
         pixels, batches = await self.generate(model, z, y)
         # image i's seed wraps at 2**32 as its latent does (torch's CPU generator seeds from the
         # low 32 bits): reported so, it is a seed the API takes back
-        return Images(pixels, y.tolist(), [(seed + i) % (MAX_SEED + 1) for i in range(n)], z.numpy(), batches)
+        return Images(pixels, y.tolist(), [(seed + i) % SEED_MOD for i in range(n)], z.numpy(), batches)
 
     def seed_labels(self, model: ServedModel, seed: int, n: int) -> list[int]:
         """The labels ``sample`` draws for seeds seed .. seed + n - 1 when none is given (no forward pass)."""
@@ -154,7 +163,7 @@ class GenerationService:
         stats = await self.encoders[name].run((x, torch.tensor(y, dtype=torch.long)), self.settings.request_timeout_s)
         return stats, y
 
-    async def interpolate(self, name: str, start: Endpoint, end: Endpoint, steps: int, method: str, label,
+    async def interpolate(self, name: str, start: Start, end: Start, steps: int, method: str, label,
                           truncation: float) -> Images:
         model = self.registry.get(name)
         cap = self.settings.max_interpolation_steps
@@ -162,8 +171,8 @@ class GenerationService:
             raise InvalidInput(f"steps={steps}; between 2 and {cap} (LATENTSERVE_MAX_INTERPOLATION_STEPS)")
         ends = []
         for point in (start, end):
-            if isinstance(point, LatentEndpoint):
-                ends.append(self.latent_tensor(model, [point.latent])[0])
+            if point.latent is not None:
+                ends.append(self.latent_tensor(model, [list(point.latent)])[0])
             else:
                 ends.append(seeded_latent(point.seed, model.latent_dim, len(model.classes), truncation)[0])
         t = torch.linspace(0.0, 1.0, steps)

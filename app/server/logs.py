@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import sys
 import time
 
-from app.edge.middleware import RequestIdFilter
+# the id of the request being served (set by app.edge.middleware for the request's task)
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` to every log record, from the request being served."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
 
 ACCESS_FIELDS = ("method", "path", "status", "latency_ms", "model", "rows", "batch", "client")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -39,9 +39,9 @@ from app.edge.schemas import (
     TraverseRequest,
 )
 from app.engine import imaging
-from app.engine.control import ControlService, Start
+from app.engine.control import ControlService
 from app.engine.exceptions import InvalidInput
-from app.engine.service import label_spec
+from app.engine.service import Start, label_spec
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["latent control"])
 PNG_GIF_OR_JSON = {200: {"content": {"image/png": {}, "image/gif": {}, "application/json": {}},

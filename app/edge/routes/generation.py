@@ -27,11 +27,13 @@ from app.edge.schemas import (
     ErrorResponse,
     ImagesResponse,
     InterpolateRequest,
+    LatentEndpoint,
     SampleRequest,
+    SeedEndpoint,
 )
 from app.engine import imaging
 from app.engine.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from app.engine.service import Images, label_spec
+from app.engine.service import Images, Start, label_spec
 
 router = APIRouter(prefix="/v1/models/{model}", tags=["generation"])
 T = TypeVar("T")
@@ -302,13 +304,17 @@ async def encode(model: str, request: Request, service: ServiceDep, settings: Se
     return JSONResponse({"model": model, "version": m.version, "latents": latents}, headers={"X-Model-Version": m.version})
 
 
+def _start(point: SeedEndpoint | LatentEndpoint) -> Start:
+    return Start(latent=point.latent) if isinstance(point, LatentEndpoint) else Start(seed=point.seed)
+
+
 @router.post("/interpolate", summary="Frames between two latents: a strip PNG, an animated GIF or JSON",
              responses={200: {"content": {"image/png": {}, "image/gif": {}, "application/json": {}}}, **ERRORS})
 async def interpolate(model: str, body: InterpolateRequest, request: Request, service: ServiceDep) -> Response:
     m = service.registry.get(model)
     try:
         images = await unless_disconnected(request.receive, service.interpolate(
-            model, body.start, body.end, body.steps, body.method, body.label, body.truncation))
+            model, _start(body.start), _start(body.end), body.steps, body.method, body.label, body.truncation))
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
     request.state.log = {"model": model, "rows": len(images.pixels), "batch": images.batch_ids}

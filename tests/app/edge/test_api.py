@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.edge.middleware import RequestIdFilter
+from app.server.logs import RequestIdFilter
 from tests.conftest import GAN_LATENT, VAE_LATENT
 
 GAN, VAE = "/v1/models/tiny-gan", "/v1/models/tiny-vae"

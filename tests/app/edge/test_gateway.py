@@ -9,8 +9,7 @@ import logging
 import pytest
 
 from app.edge.gateway import ApiKeyMiddleware, ProxyHeadersMiddleware
-from app.edge.middleware import RequestIdFilter
-from app.server.logs import JsonFormatter
+from app.server.logs import JsonFormatter, RequestIdFilter
 
 GAN = "/v1/models/tiny-gan"
 
