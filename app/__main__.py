@@ -70,10 +70,10 @@ def main() -> int:
         return e.status
     server = DrainingServer(uvicorn_config(settings, app), lambda: app)
     prepare_process()
-    app.state.on_fatal = lambda: setattr(server, "should_exit", True)
+    app.state.lifecycle.on_fatal = lambda: setattr(server, "should_exit", True)
     server.run()
-    if app.state.fatal:
-        print(f"latentserve: {app.state.fatal}", file=sys.stderr)
+    if app.state.lifecycle.fatal:
+        print(f"latentserve: {app.state.lifecycle.fatal}", file=sys.stderr)
         return 1
     return 0 if server.started else 1
 

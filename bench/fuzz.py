@@ -5,7 +5,7 @@ rejected), and the service still ready afterwards.
 
     python -m bench.fuzz --examples 100     # the long run: a real server, the shipped models
 
-The CI test (tests/app/test_fuzz.py) runs ``fuzz_schema`` in process on tiny models with a fixed
+The CI test (tests/app/edge/test_fuzz.py) runs ``fuzz_schema`` in process on tiny models with a fixed
 seed. One check is left out: *positive data acceptance*, because some rules depend on the model
 named in the path (a latent's length is that model's latent_dim, label names are its classes,
 only VAEs encode) and one shared schema cannot say them; such requests get a documented 4xx.

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                                   {**key, "Content-Type": "image/png"}, png, timeout=60)
                 answers.append((s, h))
 
-            threads = [threading.Thread(target=project) for _ in range(14)]
+            threads = [threading.Thread(target=project) for _ in range(20)]  # 10 a replica: 1 runs, 4 wait, 5 refused
             for t in threads:
                 t.start()
             for t in threads:

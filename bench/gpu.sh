@@ -74,8 +74,8 @@ if [[ $STEPS == *,tests,* ]]; then
 # uvicorn processes; the tests of CPU-only behaviour (NHWC layout) pin device=cpu themselves
 echo "== API tests on $DEVICE"
 LATENTSERVE_DEVICE="$DEVICE" timeout 240 python3 -m pytest -q -p no:cacheprovider -rfE \
-    tests/app/test_api.py tests/app/test_batching.py tests/app/test_registry.py tests/app/test_fastpath.py \
-    tests/test_e2e.py tests/test_drain.py tests/test_workers.py > "$OUT/gpu-tests.log" 2>&1 || status=1
+    tests/app/edge/test_api.py tests/app/engine/test_batching.py tests/app/engine/test_registry.py tests/app/edge/test_fastpath.py \
+    tests/test_e2e.py tests/app/server/test_drain.py tests/app/server/test_workers.py > "$OUT/gpu-tests.log" 2>&1 || status=1
 tail -n 40 "$OUT/gpu-tests.log"
 fi
 exit $status

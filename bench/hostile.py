@@ -3,7 +3,7 @@ answer's status, its time and the server's memory (VmRSS now, VmHWM = the peak e
 
     python -m bench.hostile            # the shipped fashion-vae, default upload limits
 
-The same cases run in CI on the tiny models (tests/app/test_hostile_uploads.py).
+The same cases run in CI on the tiny models (tests/app/edge/test_hostile_uploads.py).
 """
 
 from __future__ import annotations

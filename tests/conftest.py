@@ -56,9 +56,9 @@ async def running_app(settings: Settings, wait_ready: bool = True) -> AsyncItera
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             if wait_ready:
                 deadline = asyncio.get_running_loop().time() + 60
-                while not app.state.ready and not app.state.fatal and asyncio.get_running_loop().time() < deadline:
+                while not app.state.lifecycle.ready and not app.state.lifecycle.fatal and asyncio.get_running_loop().time() < deadline:
                     await asyncio.sleep(0.01)
-                assert app.state.ready, app.state.fatal
+                assert app.state.lifecycle.ready, app.state.lifecycle.fatal
             yield app, client
 
 

@@ -19,6 +19,6 @@ def test_nginx_in_front_of_two_replicas_passes_every_check(tmp_path, capsys):
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     assert code == 0, printed
-    assert len(results["checks"]) == 14 and all(c["ok"] for c in results["checks"].values()), printed
+    assert len(results["checks"]) == 13 and all(c["ok"] for c in results["checks"].values()), printed
     restarts = results["checks"]["rolling restarts and a SIGKILL under load"]["detail"]
     assert restarts["requests"] > 100 and restarts["non_2xx"] == 0 and restarts["socket_errors"] == 0

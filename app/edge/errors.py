@@ -73,7 +73,7 @@ def _internal(request: Request, exc: BaseException) -> JSONResponse:
 
 async def service_error_handler(request: Request, exc: ex.ServiceError) -> JSONResponse:
     status, body, headers = service_error(exc, request.method, request.url.path,
-                                          getattr(request.app.state, "draining", False))
+                                          request.app.state.lifecycle.draining)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

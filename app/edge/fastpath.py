@@ -100,7 +100,7 @@ class FastPath:
             await send_response(send, CLIENT_CLOSED)
             return
         except ServiceError as e:
-            status, payload, headers = service_error(e, "POST", scope["path"], getattr(self.state, "draining", False))
+            status, payload, headers = service_error(e, "POST", scope["path"], self.state.lifecycle.draining)
             await send_json(send, status, payload, headers)
             return
         except Exception as e:  # noqa: BLE001 - as the app's last-resort handler: a 500 with an error id

@@ -67,7 +67,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-                if getattr(self.state, "stopping", False) and not any(
+                if self.state is not None and self.state.lifecycle.stopping and not any(
                         name.lower() == b"connection" for name, _ in message["headers"]):
                     # not kept alive for a next request that the stopping process could not answer
                     message["headers"].append((b"connection", b"close"))

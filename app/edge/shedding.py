@@ -31,7 +31,7 @@ class LoadShedMiddleware:
         # while draining, the routes answer 503 + Connection: close (go to another replica), not a
         # 429 that tells the client to come back here
         if (scope["type"] != "http" or service is None or scope["method"] not in ("POST", "GET")
-                or self.state.draining):
+                or self.state.lifecycle.draining):
             await self.app(scope, receive, send)
             return
         m = ROUTE_RE.fullmatch(route_path(scope))

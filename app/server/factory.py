@@ -30,6 +30,7 @@ from app.engine.control import ControlService
 from app.engine.registry import Registry
 from app.engine.service import GenerationService
 from app.server.drain import batch_drain_budget_s
+from app.server.lifecycle import Lifecycle
 from app.server.metrics import Metrics
 from app.server.settings import Settings
 
@@ -41,9 +42,9 @@ async def _warm_up(app: FastAPI, registry: Registry, executor: ThreadPoolExecuto
     try:
         await asyncio.get_running_loop().run_in_executor(executor, registry.warm_up)
     except Exception as e:
-        state.fatal = f"warm-up failed: {e!r}"
+        state.lifecycle.fatal = f"warm-up failed: {e!r}"
         log.error("warm-up failed, the service will not become ready: %r", e)
-        on_fatal = getattr(state, "on_fatal", None)
+        on_fatal = state.lifecycle.on_fatal
         if on_fatal is not None:
             on_fatal()
         return
@@ -52,8 +53,8 @@ async def _warm_up(app: FastAPI, registry: Registry, executor: ThreadPoolExecuto
     # in the middle of a batch's answers shows in the tail latency).
     gc.collect()
     gc.freeze()
-    state.ready = True  # a worker serves what it still accepts while it stops; a single process drains (503)
-    if state.stopping:  # a shutdown began while it ran: the gauge stays at 0, as /readyz says "draining"
+    state.lifecycle.ready = True  # a worker serves what it still accepts while it stops; a single process drains (503)
+    if state.lifecycle.stopping:  # a shutdown began while it ran: the gauge stays at 0, as /readyz says "draining"
         log.info("warm-up done during a shutdown: not marked ready")
         return
     state.metrics.set_ready(True)
@@ -88,12 +89,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         try:
             if warm_before_serving:
                 await warm
-                if state.fatal:
-                    raise RuntimeError(state.fatal)
+                if state.lifecycle.fatal:
+                    raise RuntimeError(state.lifecycle.fatal)
             yield
         finally:
-            state.draining = True
-            state.ready = False
+            state.lifecycle.draining = True
+            state.lifecycle.ready = False
             metrics.set_ready(False)
             warm.cancel()
             # the warm-up runs on in the forward thread, which the shutdown below waits for: it
@@ -101,7 +102,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             reg.stopping.set()
             # one budget for the whole stop: the requests had DRAIN_TIMEOUT_S (app.server.serving), so the
             # batches get what is left of it; their rows are mostly done or dropped by now
-            budget = batch_drain_budget_s(settings.drain_timeout_s, getattr(state, "stop_started", None))
+            budget = batch_drain_budget_s(settings.drain_timeout_s, state.lifecycle.stop_started)
             await asyncio.gather(*(b.drain(budget) for b in service.batchers))
             forward_executor.shutdown(wait=True)
             projection_executor.shutdown(wait=True)  # a projection stops at its next step: reg.stopping is set
@@ -117,10 +118,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                               "micro-batched across clients. PNGs or JSON latents.")
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.ready = False
-    app.state.draining = False  # refusing new work (503): shutting down
-    app.state.stopping = False  # a shutdown has begun: readiness says "draining"
-    app.state.fatal = None
+    app.state.lifecycle = Lifecycle()
     install_error_handlers(app)
 
     def served_models() -> list[str]:  # known once the lifespan has loaded the registry

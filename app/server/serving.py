@@ -78,7 +78,7 @@ class DrainingServer(uvicorn.Server):
         app = self._get_app()
         if app is not None:  # here, on the event loop, not in the signal handler (handle_exit)
             app.state.metrics.set_ready(False)
-            app.state.stop_started = time.monotonic()  # the lifespan drains the batches with what is left
+            app.state.lifecycle.stop_started = time.monotonic()  # the lifespan drains the batches with what is left
         # Stop accepting, then give the connections that may still send a request a moment to
         # send it: uvicorn closes a connection with no request in flight at once, and a client
         # that sent one just then sees a disconnect with no answer. That is a connection
@@ -112,9 +112,9 @@ class DrainingServer(uvicorn.Server):
         # signal came. The readiness gauge goes to 0 in shutdown(), within 0.1 s.
         app = self._get_app()
         if app is not None:
-            app.state.stopping = True  # readiness: "draining"
+            app.state.lifecycle.stopping = True  # readiness: "draining"
             if self.refuse_new_work:
-                app.state.draining = True
+                app.state.lifecycle.draining = True
         super().handle_exit(sig, frame)
 
 

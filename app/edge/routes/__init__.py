@@ -20,9 +20,9 @@ async def get_settings(request: Request) -> Settings:
 
 def live_service(state: object) -> GenerationService:
     """The generation service, or NotReady while warming up or shutting down."""
-    if getattr(state, "draining", False):
+    if state.lifecycle.draining:
         raise NotReady("the service is shutting down")
-    if not getattr(state, "ready", False):
+    if not state.lifecycle.ready:
         raise NotReady("models are still loading or warming up")
     return state.service  # type: ignore[attr-defined]
 

@@ -22,11 +22,11 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> Response:
     state = request.app.state
     service = getattr(state, "service", None)
-    if getattr(state, "draining", False) or getattr(state, "stopping", False):
+    if state.lifecycle.draining or state.lifecycle.stopping:
         status = "draining"
-    elif getattr(state, "fatal", None):
+    elif state.lifecycle.fatal:
         status = "failed"
-    elif not getattr(state, "ready", False) or service is None:
+    elif not state.lifecycle.ready or service is None:
         status = "starting"
     elif not all(b.running for b in service.batchers):
         status = "batchers_stopped"

@@ -567,12 +567,12 @@ async def test_unexpected_error_is_a_500_with_an_error_id_only(app_factory, monk
         assert len(logged) == 1 and "boom at /secret/path" in logged[0].getMessage() and logged[0].exc_info
         assert logged[0].request_id == "req-500"
         assert (await client.get("/readyz")).status_code == 200  # the service goes on
-        app.state.stopping = True  # once a shutdown has begun, the 500 closes its connection too
+        app.state.lifecycle.stopping = True  # once a shutdown has begun, the 500 closes its connection too
         try:
             r = await client.get(f"{GAN}/samples.png", params={"seed": 1})
             assert r.status_code == 500 and r.headers["connection"] == "close"
         finally:
-            app.state.stopping = False
+            app.state.lifecycle.stopping = False
         metrics = (await client.get("/metrics")).text
         route = "/v1/models/{model}/samples" + ("" if call == "fast path" else ".png")
         assert f'latentserve_requests_total{{method="{"POST" if call == "fast path" else "GET"}",route="{route}",status="500"}} ' \
@@ -588,17 +588,17 @@ async def test_failed_warm_up_is_fatal_and_readiness_says_failed(app_factory, mo
     monkeypatch.setattr(Registry, "warm_up", broken_warm_up)
     async with app_factory(wait_ready=False) as (app, client):
         fatal: list[bool] = []
-        app.state.on_fatal = lambda: fatal.append(True)  # python -m app stops the server here
+        app.state.lifecycle.on_fatal = lambda: fatal.append(True)  # python -m app stops the server here
         for _ in range(500):
-            if app.state.fatal:
+            if app.state.lifecycle.fatal:
                 break
             await asyncio.sleep(0.01)
-        assert app.state.fatal == "warm-up failed: RuntimeError('mat1 and mat2 must have the same dtype')"
+        assert app.state.lifecycle.fatal == "warm-up failed: RuntimeError('mat1 and mat2 must have the same dtype')"
         r = await client.get("/readyz")
         assert r.status_code == 503 and r.json()["status"] == "failed"
         assert (await client.get("/healthz")).status_code == 200
         assert_error(await client.post(f"{GAN}/samples", json={}), 503, "not_ready")
-        assert not app.state.ready
+        assert not app.state.lifecycle.ready
 
 
 async def test_readiness_is_503_until_warm_up_ends(app_factory, warm_up_gate):

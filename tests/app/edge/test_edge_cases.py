@@ -221,13 +221,13 @@ async def test_an_unreadable_body_does_not_stop_the_answer(app_factory):
 async def test_warm_up_that_ends_during_a_shutdown_leaves_the_ready_gauge_at_0(app_factory, warm_up_gate):
     gate = warm_up_gate
     async with app_factory(wait_ready=False) as (app, client):
-        app.state.stopping = True  # what the server's signal handler sets
+        app.state.lifecycle.stopping = True  # what the server's signal handler sets
         gate.set()
         for _ in range(500):
-            if app.state.ready:
+            if app.state.lifecycle.ready:
                 break
             await asyncio.sleep(0.01)
-        assert app.state.ready
+        assert app.state.lifecycle.ready
         text = (await client.get("/metrics")).text
         assert "latentserve_ready 0.0" in text
         assert (await client.get("/readyz")).json()["status"] == "draining"
@@ -310,13 +310,13 @@ async def test_a_saturated_model_answers_503_and_close_while_draining(app_client
     batcher.saturated = lambda: True
     try:
         assert_error(await client.post(f"{GAN}/samples", json={"seed": 1}), 429, "queue_full")
-        app.state.stopping = app.state.draining = True  # what a SIGTERM sets (app.server.serving)
+        app.state.lifecycle.stopping = app.state.lifecycle.draining = True  # what a SIGTERM sets (app.server.serving)
         for r in (await client.post(f"{GAN}/samples", json={"seed": 1}),
                   await client.get(f"{GAN}/samples.png", params={"seed": 1})):
             assert_error(r, 503, "not_ready")
             assert r.headers["connection"] == "close" and "retry-after" not in r.headers
     finally:
-        app.state.stopping = app.state.draining = False
+        app.state.lifecycle.stopping = app.state.lifecycle.draining = False
         del batcher.saturated
 
 

@@ -65,7 +65,7 @@ async def test_errors_are_the_same_on_both_paths(tiny_weights, fast_path_calls, 
 async def test_not_ready_and_draining_are_503_on_the_fast_path(tiny_weights):
     async with both(tiny_weights) as ((fast_app, fast), (slow_app, slow)):
         for app in (fast_app, slow_app):
-            app.state.draining = True
+            app.state.lifecycle.draining = True
         a = await fast.post(f"{GAN}/samples", json={"seed": 1})
         b = await slow.post(f"{GAN}/samples", json={"seed": 1})
         assert a.status_code == 503 and a.headers["connection"] == "close"

@@ -19,9 +19,9 @@ def test_schemathesis_finds_no_failures_and_the_service_stays_ready(tiny_weights
                               max_interpolation_steps=16))
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)  # starts the lifespan once
     deadline = time.monotonic() + 60
-    while not app.state.ready and time.monotonic() < deadline:
+    while not app.state.lifecycle.ready and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert app.state.ready, app.state.fatal
+    assert app.state.lifecycle.ready, app.state.lifecycle.fatal
 
     stats = fuzz_schema(schema, EXAMPLES, seed=1234)
 

@@ -122,12 +122,12 @@ def test_configured_logging_skips_the_caller_lookup_and_keeps_every_field(monkey
 
 async def test_draining_turns_readiness_off_and_refuses_new_work_with_connection_close(app_client):
     app, client = app_client
-    app.state.draining = True
+    app.state.lifecycle.draining = True
     r = await client.get("/readyz")
     assert r.status_code == 503 and r.json()["status"] == "draining"
     r = await client.post(f"{GAN}/samples", json={"seed": 1})
     assert r.status_code == 503 and r.headers["connection"] == "close"
-    app.state.draining = False
+    app.state.lifecycle.draining = False
 
 
 async def test_access_log_line_carries_request_id_model_rows_batch_and_forwarded_client(app_client):

@@ -91,12 +91,12 @@ async def test_once_a_shutdown_has_begun_every_answer_closes_its_connection(app_
             assert r.status_code == 200 and "connection" not in r.headers
         # a worker that stops still serves (a sibling would have), but no connection is kept
         # alive for a next request: a client would send it as the connection closes
-        app.state.stopping = True
+        app.state.lifecycle.stopping = True
         for method, path, body in (("GET", "/healthz", None), ("GET", "/metrics", None),
                                    ("POST", "/v1/models/tiny-gan/samples", {"seed": 1})):
             r = await client.request(method, path, json=body)
             assert r.status_code == 200 and r.headers["connection"] == "close", (path, r.headers)
-        app.state.draining = True  # one process draining: a 503 that says the same, once
+        app.state.lifecycle.draining = True  # one process draining: a 503 that says the same, once
         r = await client.post("/v1/models/tiny-gan/samples", json={"seed": 1})
         assert r.status_code == 503 and r.headers.get_list("connection") == ["close"]
 

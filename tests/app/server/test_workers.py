@@ -226,13 +226,13 @@ async def test_warm_before_serving_fails_start_up_when_warm_up_fails(tiny_weight
     with pytest.raises(RuntimeError, match="warm-up failed: RuntimeError"):
         async with app.router.lifespan_context(app):
             pass  # pragma: no cover - start-up must not succeed
-    assert not app.state.ready
+    assert not app.state.lifecycle.ready
 
 
 async def test_warm_before_serving_is_ready_when_start_up_ends(tiny_weights: Path):
     app = create_app(Settings(weights_dir=tiny_weights), warm_before_serving=True)
     async with app.router.lifespan_context(app):
-        assert app.state.ready  # no wait: start-up ended only once the warm-up had
+        assert app.state.lifecycle.ready  # no wait: start-up ended only once the warm-up had
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             assert (await c.get("/readyz")).status_code == 200
@@ -250,9 +250,9 @@ async def test_each_worker_runs_the_draining_server(tiny_weights: Path, monkeypa
         monkeypatch.setattr(w, "_app", app)
         app.state.metrics.set_ready(True)
         process.server.handle_exit(signal.SIGTERM, None)
-        assert process.server.should_exit and app.state.stopping  # readiness off at the first signal
+        assert process.server.should_exit and app.state.lifecycle.stopping  # readiness off at the first signal
         # but what it still accepts before closing its listener, it serves (a sibling would have)
-        assert not app.state.draining
+        assert not app.state.lifecycle.draining
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
             r = await c.get("/readyz")
@@ -281,7 +281,7 @@ def test_the_sigterm_handler_takes_no_lock_that_the_code_it_interrupts_may_hold(
         returned = not handler.is_alive()
     handler.join(2)
     assert returned, "the SIGTERM handler waited for a metric's lock"
-    assert server.should_exit and app.state.stopping and app.state.draining
+    assert server.should_exit and app.state.lifecycle.stopping and app.state.lifecycle.draining
     # the readiness gauge goes to 0 at the start of shutdown(), on the event loop
     assert "latentserve_ready 1.0" in app.state.metrics.exposition().decode()
 
@@ -560,7 +560,9 @@ def test_a_worker_whose_app_cannot_be_built_stops_them_all(tiny_weights: Path, t
     proc, base = start_server(tiny_weights, LATENTSERVE_WORKERS="2", LATENTSERVE_API_KEYS_FILE=str(keys))
     try:
         wait_ready(proc, base)
-        wait_for(lambda: len(worker_pids(proc.pid)) == 2)
+        # both workers have built their apps (read the keys file), not merely started: on a loaded
+        # machine the second could still be reading it when the file goes, and fail on its own
+        wait_for(lambda: len(worker_pids(proc.pid)) == 2 and workers_ready(base) == 2)
         keys.unlink()
         os.kill(worker_pids(proc.pid)[0], signal.SIGKILL)  # its replacement cannot read the keys
         try:
