@@ -161,7 +161,7 @@ class ControlService:
         """image: (H, W) float32 in [0, 1]. Encodes it, then decodes mu + temperature * sigma * eps_i
         with eps_i ~ N(0, I) from a CPU generator seeded with seed + i (the seed rule of samples).
         Returns the images and the (mu, logvar) of the upload."""
-        model = self.generation.encodable(name)
+        model = self.generation.vae_model(name)
         self.generation.check_n(n, "variations")
         stats, ys = await self.generation.encode(name, image[None], label)
         mu = torch.from_numpy(np.ascontiguousarray(stats[0, 0], dtype=np.float32))

@@ -23,6 +23,7 @@ from app.server.settings import Settings
 from models.card import ModelLoadError, channels_last_on_cpu, load_model, read_card
 from models.directions import Directions, sefa
 from models.images import to_uint8
+from models.interface import Generative
 
 log = logging.getLogger("latentserve.registry")
 SERVABLE_KINDS = ("gan", "vae")
@@ -142,7 +143,7 @@ class ServedModel:
     def _pixels(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return to_uint8(self.module.generate(z, y))
 
-    def split(self, size: int) -> int:
+    def parts_for(self, size: int) -> int:
         """How many parts a pass of ``size`` rows (a batch shape) runs as: ``parts``, halved until
         each part is a batch shape too (at least the smallest one), so that every part's rows
         are those of the unsplit pass (the calibration's check) and a lone row is never split."""
@@ -152,9 +153,9 @@ class ServedModel:
         return n
 
     def _in_parts(self, fn: Callable[..., torch.Tensor], size: int, *inputs: torch.Tensor) -> torch.Tensor:
-        """fn over ``inputs`` (rows first), as split(size) parts run at once (app.engine.passes.run_in_parts),
+        """fn over ``inputs`` (rows first), as parts_for(size) parts run at once (app.engine.passes.run_in_parts),
         or whole, with every thread, when the pass is too small to split."""
-        n = self.split(size)
+        n = self.parts_for(size)
         if n == 1 or self.part_pool is None:
             if self.threads:  # a pass too small to split (a lone row) keeps every thread
                 torch.set_num_threads(self.threads)
@@ -253,7 +254,7 @@ class ServedModel:
         checks = [(self.generate_rows, z)] + ([(self.encode_rows, x)] if self.kind == "vae" else [])
         parts = self.parts
         for size in self.buckets:
-            if self.split(size) == 1:
+            if self.parts_for(size) == 1:
                 continue
             for run, data in checks:
                 _check(stop)
@@ -266,11 +267,11 @@ class ServedModel:
                     self.parts = parts
                 if not np.array_equal(split, whole):
                     log.warning("%s: a pass of %d rows split in %d parts differs from the whole pass; passes "
-                                "are not split", self.name, size, self.split(size))
+                                "are not split", self.name, size, self.parts_for(size))
                     self.parts = 1
                     return False
         log.info("%s: passes of %s rows run as %d parts, one thread each (bitwise equal to whole passes)",
-                 self.name, [b for b in self.buckets if self.split(b) > 1], parts)
+                 self.name, [b for b in self.buckets if self.parts_for(b) > 1], parts)
         return True
 
     def warm_up(self, stop: threading.Event | None = None) -> None:
@@ -356,6 +357,8 @@ class Registry:
             module, card = load_model(card_path, device=device, dtype=DTYPES[settings.dtype])
             if card["kind"] not in SERVABLE_KINDS:
                 raise ModelLoadError(f"{card_path}: kind {card['kind']!r} cannot be served (only gan and vae)")
+            if not isinstance(module, Generative):  # pragma: no cover - every servable kind is one
+                raise ModelLoadError(f"{card_path}: a {card['kind']} module without the serving interface")
             directions = sefa(module.latent_weight())  # before the dense layers are wrapped
             stable_dense_rows(module)  # after the weights were checked: a serving-time wrapper only
             layout = "nhwc" if settings.channels_last and channels_last_on_cpu(module, device) else "nchw"

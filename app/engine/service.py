@@ -144,7 +144,7 @@ class GenerationService:
         pixels, batches = await self.generate(model, z, torch.tensor(y, dtype=torch.long))
         return Images(pixels, y, None, z.numpy(), batches)
 
-    def encodable(self, name: str) -> ServedModel:
+    def vae_model(self, name: str) -> ServedModel:
         """The model, if it can encode images (a VAE); else UnsupportedOperation."""
         model = self.registry.get(name)
         if model.kind != "vae":
@@ -153,7 +153,7 @@ class GenerationService:
 
     async def encode(self, name: str, images: np.ndarray, labels) -> tuple[np.ndarray, list[int]]:
         """images: (n, 28, 28) float32 in [0, 1] -> ((n, 2, latent_dim) mu/logvar, labels)."""
-        model = self.encodable(name)
+        model = self.vae_model(name)
         self.check_n(len(images))
         c, h, w = model.image_shape
         if images.shape[1:] != (h, w):

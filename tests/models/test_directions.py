@@ -6,6 +6,7 @@ import torch
 
 from models.directions import move, sefa
 from models.gan import GANConfig, Generator
+from models.interface import Generative
 from models.projection import project
 from models.vae import VAE, VAEConfig
 
@@ -31,6 +32,7 @@ def test_sefa_gives_orthonormal_eigenvectors_of_ata_strongest_first():
 
 def test_directions_come_from_the_latent_columns_of_the_first_layer():
     gan = Generator(GANConfig(latent_dim=8, g_channels=16, embed_dim=4))
+    assert isinstance(gan, Generative) and isinstance(VAE(VAEConfig()), Generative)
     assert gan.latent_weight().shape == (16 * 7 * 7, 8)
     assert torch.equal(gan.latent_weight(), gan.fc.weight[:, :8])
     vae = VAE(VAEConfig(latent_dim=3, channels=8, hidden=32))

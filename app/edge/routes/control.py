@@ -183,7 +183,7 @@ async def variations(model: str, request: Request, control: ControlDep, service:
                      columns: Annotated[int, Query(ge=1, le=256)] = 8,
                      scale: Annotated[int, Query(ge=1, le=16)] = 1,
                      invert: Invert = False) -> Response:
-    m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
+    m = service.vae_model(model)  # before reading the body: a GAN gets its 400 at once
     one_query_label(request)
     service.check_n(n, "variations")
     upload = await read_uploads(request, settings, label, invert, max_files=1)

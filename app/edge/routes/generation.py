@@ -287,7 +287,7 @@ async def read_uploads(request: Request, settings: Any, label: str | None, inver
 async def encode(model: str, request: Request, service: ServiceDep, settings: SettingsDep,
                  label: Annotated[str | None, Query(max_length=64, description="class index or name for every image")] = None,
                  invert: Annotated[bool, Query(description="flip dark-on-light pictures to light-on-black")] = False) -> Response:
-    m = service.encodable(model)  # before reading the body: a GAN gets its 400 at once
+    m = service.vae_model(model)  # before reading the body: a GAN gets its 400 at once
     one_query_label(request)
     upload = await read_uploads(request, settings, label, invert)
     if upload is None:

@@ -255,11 +255,11 @@ def test_a_split_keeps_every_part_a_batch_shape_and_a_lone_row_whole(tiny_weight
     for model in (gan, vae):
         smallest = model.buckets[0]  # as calibrated on this CPU
         assert model.buckets == [smallest * 2 ** i for i in range(len(model.buckets))]
-        assert [model.split(b) for b in model.buckets] == [1] + [2] * (len(model.buckets) - 1)
+        assert [model.parts_for(b) for b in model.buckets] == [1] + [2] * (len(model.buckets) - 1)
         model.parts = 4
-        assert [model.split(b) for b in model.buckets] == [1, 2] + [4] * (len(model.buckets) - 2)
+        assert [model.parts_for(b) for b in model.buckets] == [1, 2] + [4] * (len(model.buckets) - 2)
         for b in model.buckets:  # every part is a batch shape
-            assert b // model.split(b) in model.buckets
+            assert b // model.parts_for(b) in model.buckets
 
 
 def test_split_passes_run_in_the_part_threads_and_give_the_whole_pass_bytes(tiny_weights, monkeypatch):
@@ -283,7 +283,7 @@ def test_split_passes_run_in_the_part_threads_and_give_the_whole_pass_bytes(tiny
             z, y = rows(a, n, seed=10 + n)
             assert np.array_equal(a.generate_rows(z, y), b.generate_rows(z, y)), (name, n)
             size = a._bucket(n)
-            parts = a.split(size)
+            parts = a.parts_for(size)
             # the split model's passes, then the whole model's one pass of every thread
             assert [s[1] for s in seen] == [size // parts] * parts + [size], (name, n, seen)
             if parts > 1:  # one part in the calling thread, the others in the part threads
