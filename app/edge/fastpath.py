@@ -17,9 +17,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.edge.asgi import route_path, send_json, send_response
+from app.edge.disconnect import ClientGone
 from app.edge.errors import CLIENT_CLOSED, error_body, internal_error, service_error
 from app.edge.routes.control import edit_image
-from app.edge.routes.generation import ClientGone, sample
+from app.edge.routes.generation import sample
 from app.edge.routes.images import ImageGenerationRequest, generate_images
 from app.edge.schemas import EditRequest, SampleRequest
 from app.engine.exceptions import ServiceError

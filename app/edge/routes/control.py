@@ -10,25 +10,22 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.types import Receive, Scope
 
+from app.edge.disconnect import ClientGone, unless_disconnected
 from app.edge.errors import CLIENT_CLOSED
-from app.edge.routes import ControlDep, ServiceDep, SettingsDep, live_service
-from app.edge.routes.generation import (
-    ERRORS,
+from app.edge.rendering import (
     PNG,
     PNG_OR_JSON,
-    ClientGone,
     Rendered,
     etag_matches,
     etag_of,
     image_headers,
     in_png_pool,
-    one_query_label,
-    read_uploads,
     render,
     render_bytes,
     respond,
-    unless_disconnected,
 )
+from app.edge.routes import ControlDep, ServiceDep, SettingsDep, live_service
+from app.edge.routes.generation import ERRORS
 from app.edge.schemas import (
     MAX_SEED,
     ClassSwapRequest,
@@ -38,6 +35,7 @@ from app.edge.schemas import (
     StartPoint,
     TraverseRequest,
 )
+from app.edge.uploads import one_query_label, read_uploads
 from app.engine import imaging
 from app.engine.control import ControlService
 from app.engine.exceptions import InvalidInput

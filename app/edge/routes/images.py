@@ -16,10 +16,11 @@ from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.types import Receive, Scope
 
 from app.edge.asgi import json_bytes
+from app.edge.disconnect import ClientGone, unless_disconnected
 from app.edge.errors import CLIENT_CLOSED
 from app.edge.openai import SizeError, class_in_prompt, scale_for
+from app.edge.rendering import Rendered, respond
 from app.edge.routes import live_service
-from app.edge.routes.generation import ClientGone, Rendered, respond, unless_disconnected
 from app.edge.schemas import MAX_ITEMS, Strict
 from app.engine import imaging
 from app.engine.exceptions import InvalidInput, ModelNotFound

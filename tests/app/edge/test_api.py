@@ -164,7 +164,7 @@ async def test_samples_png_get_is_immutable_with_seed(client):
 async def test_etag_names_the_layout_and_keeps_the_nchw_etags(app_factory):
     """Channels-last can change a pixel: its URLs get other ETags, while NCHW keeps the ETags of
     the builds before the setting (the same bytes)."""
-    from app.edge.routes.generation import etag_of
+    from app.edge.rendering import etag_of
 
     url = "/v1/models/tiny-gan/samples.png?seed=5"
     async with app_factory(device="cpu") as (app, client):  # the layout is a CPU setting
@@ -179,7 +179,7 @@ async def test_etag_names_the_layout_and_keeps_the_nchw_etags(app_factory):
 
 async def test_etag_names_a_half_dtype(app_factory):
     """float16/bfloat16 pixels differ from float32's by grey levels: other bytes, another ETag."""
-    from app.edge.routes.generation import etag_of
+    from app.edge.rendering import etag_of
 
     url = "/v1/models/tiny-gan/samples.png?seed=5"
     async with app_factory(device="cpu", dtype="bfloat16") as (app, client):
