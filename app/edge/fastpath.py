@@ -9,7 +9,6 @@ route's), goes on to FastAPI unchanged. Errors use the same table (``app.edge.er
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,19 +18,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.edge.asgi import route_path, send_json, send_response
 from app.edge.disconnect import ClientGone
 from app.edge.errors import CLIENT_CLOSED, error_body, internal_error, service_error
+from app.edge.paths import FAST_RE, FAST_TEMPLATES
 from app.edge.routes.control import edit_image
 from app.edge.routes.generation import sample
 from app.edge.routes.images import ImageGenerationRequest, generate_images
 from app.edge.schemas import EditRequest, SampleRequest
 from app.engine.exceptions import ServiceError
 
-FAST_RE = re.compile(r"/v1/(?:models/([^/]+)/(samples|edit)|images/(generations))")
 # operation -> (its body's schema, the route template for metrics and logs)
 FAST_ROUTES: dict[str, tuple[type, str]] = {
-    "samples": (SampleRequest, "/v1/models/{model}/samples"),
-    "edit": (EditRequest, "/v1/models/{model}/edit"),
-    "generations": (ImageGenerationRequest, "/v1/images/generations"),
-}
+    op: (schema, FAST_TEMPLATES[op])
+    for op, schema in (("samples", SampleRequest), ("edit", EditRequest), ("generations", ImageGenerationRequest))}
 
 
 async def _core(operation: str, state: Any, scope: Scope, receive: Receive, model: str | None, body: Any) -> Any:

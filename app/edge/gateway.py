@@ -10,10 +10,9 @@ import re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.edge.asgi import send_json
+from app.edge.paths import METRICS_PATH, OPEN_PATHS, OPEN_PREFIXES
 
 PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})  # "/": the playground page, which asks for the key
-OPEN_PREFIXES = ("/playground/",)  # its static assets
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -75,7 +74,7 @@ class ApiKeyMiddleware:
     def __init__(self, app: ASGIApp, keys: list[str], protect_metrics: bool = False):
         self.app = app
         self.keys = [k.encode() for k in keys]
-        self.open = OPEN_PATHS if protect_metrics else OPEN_PATHS | {"/metrics"}
+        self.open = OPEN_PATHS if protect_metrics else OPEN_PATHS | {METRICS_PATH}
 
     def _authorised(self, scope: Scope) -> bool:
         token = _header(scope, b"x-api-key")

@@ -21,8 +21,8 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.edge.asgi import route_path
+from app.edge.paths import OPENAI_PATHS
 
-OPENAI_PATHS = ("/v1/images/generations", "/v1/images/variations")
 SIZES = {"28x28": 1, "56x56": 2, "112x112": 4, "224x224": 8}
 OPENAI_SIZES = ("256x256", "512x512", "1024x1024", "1792x1024", "1024x1792", "1536x1024", "1024x1536", "auto")
 # words people use for Fashion-MNIST's classes, by class name (only the classes a model has count)

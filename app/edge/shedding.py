@@ -6,17 +6,15 @@ of CPU here; under a 4x overload those refusals took the cores the forward pass 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.edge.asgi import route_path, send_json
 from app.edge.errors import ERROR_TABLE, error_body
+from app.edge.paths import ENCODER_OPERATIONS, MODEL_TEMPLATE, SHED_RE
 from app.engine.exceptions import QueueFull
 
-ROUTE_RE = re.compile(r"/v1/models/([^/]+)/(samples|samples\.png|decode|interpolate|encode|edit|traverse|class-swap|map\.png|variations)")
-TEMPLATE = "/v1/models/{model}/"
 STATUS, CODE = ERROR_TABLE[QueueFull]
 
 
@@ -34,12 +32,11 @@ class LoadShedMiddleware:
                 or self.state.lifecycle.draining):
             await self.app(scope, receive, send)
             return
-        m = ROUTE_RE.fullmatch(route_path(scope))
+        m = SHED_RE.fullmatch(route_path(scope))
         batcher = None
         if m is not None:
             model, op = m.groups()
-            # /variations waits on both of a VAE's queues: its encoder's first
-            batcher = (service.encoders if op in ("encode", "variations") else service.generators).get(model)
+            batcher = (service.encoders if op in ENCODER_OPERATIONS else service.generators).get(model)
         if batcher is None or not batcher.saturated():
             await self.app(scope, receive, send)
             return
@@ -47,6 +44,6 @@ class LoadShedMiddleware:
         self.metrics.shed_request(model)
         message = (f"model {model} is at capacity: its queue holds {batcher.queued_rows} rows, about "
                    f"{batcher.expected_wait_s():.1f} s of work; retry after {retry} s or on another replica")
-        scope["latentserve.route"] = TEMPLATE + op
+        scope["latentserve.route"] = MODEL_TEMPLATE + op
         scope.setdefault("state", {})["log"] = {"model": model, "shed": True}
         await send_json(send, STATUS, error_body(CODE, message), {"Retry-After": str(retry)})
