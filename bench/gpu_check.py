@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from app.engine.registry import Registry, ServedModel
+from app.engine.registry import Registry
+from app.engine.served import ServedModel
 from app.server.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from app.engine.imaging import png_bytes
-from app.engine.registry import Registry, ServedModel, bucket_sizes
+from app.engine.registry import Registry
+from app.engine.served import ServedModel, bucket_sizes
 from app.server.settings import Settings
 
 BATCH_SIZES = (1, 8, 32, 64, 128, 256)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from app.engine.exceptions import InvalidInput, QueueFull, UnsupportedOperation
-from app.engine.registry import ServedModel
+from app.engine.served import ServedModel
 from app.engine.service import SEED_MOD, GenerationService, Images, Start, resolve_label, resolve_labels
 from models.directions import Directions, move
 from models.latents import seeded_latents

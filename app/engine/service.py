@@ -14,7 +14,8 @@ import torch
 
 from app.engine.batching import Batcher, BatcherMetrics
 from app.engine.exceptions import InvalidInput, UnsupportedOperation
-from app.engine.registry import Registry, ServedModel
+from app.engine.registry import Registry
+from app.engine.served import ServedModel
 from app.server.settings import Settings
 from models.latents import lerp, seeded_latent, seeded_latents, slerp
 

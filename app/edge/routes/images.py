@@ -24,7 +24,7 @@ from app.edge.routes import live_service
 from app.edge.schemas import MAX_ITEMS, Strict
 from app.engine import imaging
 from app.engine.exceptions import InvalidInput, ModelNotFound
-from app.engine.registry import ServedModel
+from app.engine.served import ServedModel
 from app.engine.service import GenerationService, resolve_label
 
 router = APIRouter(prefix="/v1/images", tags=["OpenAI images API"])

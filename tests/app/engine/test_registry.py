@@ -198,7 +198,7 @@ def test_both_model_kinds_serve_in_a_half_dtype(tiny_weights, dtype):
 def test_a_warm_up_asked_to_stop_ends_at_its_next_pass(tiny_weights, monkeypatch):
     """SIGTERM during the warm-up waited for all of it: the shutdown joins the forward thread,
     which ran every shape of every model (17 s in the review's repro, against a 4 s budget)."""
-    from app.engine.registry import ServedModel, WarmUpStopped
+    from app.engine.served import ServedModel, WarmUpStopped
 
     # passes not split: the split check's passes (test below) would count here too
     reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16, split_passes=False))
@@ -222,7 +222,7 @@ def test_a_warm_up_asked_to_stop_ends_at_its_next_pass(tiny_weights, monkeypatch
 
 
 def test_stop_is_checked_in_calibration_and_tracing_too(tiny_weights):
-    from app.engine.registry import WarmUpStopped
+    from app.engine.served import WarmUpStopped
 
     reg = Registry.from_settings(Settings(weights_dir=tiny_weights, max_batch_rows=16, torch_threads=2))
     model = reg.get("tiny-gan")
