@@ -22,9 +22,9 @@ signal.signal(signal.SIGTERM, _stop_before_serving)
 
 # OpenMP's default makes torch's idle worker threads spin after every parallel region, taking
 # the cores the event loop and PNG encoders need between forward passes: passive waiting gave
-# +26% requests/s at concurrency 64 on 2 cores with eager passes (docs/benchmarks.md). With the
-# TorchScript pass the server serves as much either way (2026-11-30), and passive threads still
-# leave the cores alone between passes. Must be set before torch loads.
+# +26% requests/s at concurrency 64 on 2 cores with eager passes. With the TorchScript pass and
+# split passes the server serves as much either way, and passive threads still leave the cores
+# alone between passes. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pydantic import ValidationError

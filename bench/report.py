@@ -28,7 +28,7 @@ def _omp_sentence(m: dict, parts: int = 1) -> str:
     --limit-omp-wait-policy. ``parts``: how many one-thread parts latentserve's passes (and the
     limit's) split into; with more than one, no OpenMP thread waits in a pass of 2+ rows."""
     servers = "Every server's idle OpenMP threads wait passively (`OMP_WAIT_POLICY=PASSIVE`, as `python -m app` sets it)"
-    if "limit_omp_wait_policy" not in m:  # runs before 2026-11-30 set nothing for the limit or the other servers
+    if "limit_omp_wait_policy" not in m:  # older result files name no policy for the limit or the other servers
         return "`OMP_WAIT_POLICY` set by latentserve only (`PASSIVE`); the limit and the other servers used libgomp's default."
     if m["limit_omp_wait_policy"] == "passive":
         return servers + ", and so do the in-process limit's (`--limit-omp-wait-policy passive`)."

@@ -77,7 +77,7 @@ def run_in_parts(pool: ThreadPoolExecutor, threads: int, n: int, fn: Callable[..
 
     Why: on a CPU, one pass with its ops split across the threads meets an OpenMP barrier at
     every op, and a thread the event loop has taken from a core stalls the others at each of
-    them; parts of one thread each run independently (docs/benchmarks.md, sixth session)."""
+    them; parts of one thread each run independently (docs/benchmarks.md, "What bounds the service")."""
     chunks = list(zip(*(t.chunk(n) for t in inputs)))
     futures: list[Future[torch.Tensor]] = []
     try:
