@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short", action="store_true", help="the CI version: short load, one restart each")
     p.add_argument("--max-fails", type=int, default=0, help="the upstream's max_fails (shipped: 0)")
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--replica-setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a LATENTSERVE_ setting of both replicas, e.g. OPEN_PORT_WHEN_READY=true (repeatable)")
     p.add_argument("--out-json", type=Path)
     args = p.parse_args(argv)
     nginx, wrk = shutil.which("nginx") or "/usr/sbin/nginx", loadgen.find_wrk()
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             failures.append(name)
 
     settings = {"MODELS": "fashion-gan", "API_KEYS": ",".join(KEYS), "PROJECTION_TIMEOUT_S": "1",
-                "LOG_LEVEL": "warning"}
+                "LOG_LEVEL": "warning", **dict(kv.split("=", 1) for kv in args.replica_setting)}
+    results["replica_settings"] = args.replica_setting
     with tempfile.TemporaryDirectory(prefix="latentserve-gateway-") as tmp:
         folder = Path(tmp)
         ports = [servers.free_port(), servers.free_port()]

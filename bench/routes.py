@@ -3,6 +3,7 @@ see the same minutes of a machine whose speed drifts. For the routes that promis
 ``samples`` (an edit is the same forward pass as a sample):
 
     python -m bench.routes                                   # /edit against /samples, c=64
+    python -m bench.routes --b-beside-projections            # /samples alone, and beside a projection
     python -m bench.routes --b-path edit --b-body '{"seed":%d,"moves":[{"direction":0,"amount":1.5}]}'
     python -m bench.routes --b-path /v1/images/generations \
         --b-body '{"prompt":"a sneaker, take %d","model":"fashion-gan","size":"28x28","response_format":"b64_json"}'
@@ -15,12 +16,37 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from bench import loadgen, servers
 from bench.ab import summary
 from bench.loadgen import Load
+
+
+class ProjectionLoop:
+    """One client that keeps a projection running (200 steps from 4 seeds) until stopped."""
+
+    def __init__(self, base: str, model: str):
+        _, _, self.png = servers.http("GET", f"{base}/v1/models/{model}/samples.png?seed=77&label=4")
+        self.url = f"{base}/v1/models/{model}/project?label=4&steps=200&starts=4"
+        self.done, self.running = 0, True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            req = urllib.request.Request(self.url, data=self.png, method="POST", headers={"Content-Type": "image/png"})
+            with urllib.request.urlopen(req, timeout=60) as r:
+                r.read()
+            self.done += 1
+
+    def stop(self) -> int:
+        self.running = False
+        self.thread.join(60)
+        return self.done
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -36,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--weights-dir", type=Path, default=servers.REPO / "weights")
+    p.add_argument("--b-beside-projections", action="store_true",
+                   help="B = A's route while one client keeps a GAN projection running (/project, back to back)")
     p.add_argument("--out-json", type=Path)
     return p.parse_args(argv)
 
@@ -48,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = servers.latentserve_spec(port, args.weights_dir, {"MODELS": args.model, "MAX_QUEUE_WAIT_S": "0",
                                                              "MAX_QUEUE_ROWS": "100000"})
     sides = {"A": (args.a_path, args.a_body), "B": (args.b_path, args.b_body)}
+    if args.b_beside_projections:
+        sides["B"] = sides["A"]
     rounds: dict[str, list[dict]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="latentserve-routes-") as logs:
         server = servers.Server(spec, port, Path(logs))
@@ -64,11 +94,16 @@ def main(argv: list[str] | None = None) -> int:
                 for side in ("A", "B") if i % 2 == 0 else ("B", "A"):
                     path, body = sides[side]
                     server.wait_idle()
+                    projecting = ProjectionLoop(f"http://127.0.0.1:{port}", args.model) if (
+                        side == "B" and args.b_beside_projections) else None
                     r = loadgen.run_wrk(wrk, target(path), load, args.duration, seed_base=(i + 1) * 1_000_000,
                                         body_template=body)
+                    if projecting is not None:
+                        r["projections"] = projecting.stop()
                     rounds[side].append(r)
                     print(f"round {i + 1} {side} /{path}: {r['img_per_s']:8.1f} img/s  p50 {r['p50_ms']:6.2f} ms  "
-                          f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}  socket errors {r['socket_errors']}",
+                          f"p99 {r['p99_ms']:7.2f} ms  non-2xx {r['non_2xx']}  socket errors {r['socket_errors']}"
+                          + (f"  projections done {r['projections']}" if "projections" in r else ""),
                           flush=True)
                     time.sleep(0.2)
         finally:

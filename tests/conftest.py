@@ -146,3 +146,25 @@ def wait_ready(proc: subprocess.Popen, base: str, timeout: float = 60.0) -> None
             pass
         time.sleep(0.1)
     raise AssertionError("server did not become ready")
+
+
+def patch_workers(folder: Path, patch: str) -> str:
+    """A PYTHONPATH whose sitecustomize runs ``patch`` (Python, with ``registry`` the module) in
+    each process once it imports app.engine.registry: the workers (the supervisor never imports it).
+    Lazy, so that no process imports torch any sooner than it would."""
+    (folder / "sitecustomize.py").write_text(
+        "import importlib.abc, importlib.util, sys\n"
+        "class Hook(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name != 'app.engine.registry':\n"
+        "            return None\n"
+        "        sys.meta_path.remove(self)\n"
+        "        spec = importlib.util.find_spec(name)\n"
+        "        run = spec.loader.exec_module\n"
+        "        def exec_module(registry):\n"
+        "            run(registry)\n"
+        + "".join(f"            {line}\n" for line in patch.splitlines()) +
+        "        spec.loader.exec_module = exec_module\n"
+        "        return spec\n"
+        "sys.meta_path.insert(0, Hook())\n")
+    return f"{folder}{os.pathsep}{child_pythonpath()}"

@@ -39,7 +39,9 @@ def build_app(settings: Settings, *, load_on_cpu: bool = False) -> Any:
     except ModelLoadError as e:
         raise StartupError(1, f"cannot load models: {e}") from None
     try:
-        return create_app(settings, registry)
+        # OPEN_PORT_WHEN_READY: the lifespan's start-up waits for the warm-up, and uvicorn binds the
+        # port only after it, so a gateway never meets this replica warming up
+        return create_app(settings, registry, warm_before_serving=settings.open_port_when_ready)
     except ValueError as e:  # e.g. an unreadable API keys file
         raise StartupError(2, str(e)) from None
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_images_per_request: int = Field(64, ge=1, le=4096)
     max_interpolation_steps: int = Field(64, ge=2, le=1024)
+    open_port_when_ready: bool = Field(False, description="a single process opens its port only once the models are "
+                                       "warmed up (no 503s while warming up); off by default: orchestrators want "
+                                       "liveness answered during the warm-up")
     playground: bool = Field(True, description="serve the playground page at / (its static files ship in the package)")
     projection_concurrency: int = Field(1, ge=1, le=64, description="GAN projections (/project) run at once, each in "
                                         "its own thread beside the forward pass; up to 4x this many wait, more get a 429")

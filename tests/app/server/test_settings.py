@@ -44,7 +44,7 @@ def test_defaults():
     assert s.request_timeout_s == 30.0
     assert s.max_images_per_request == 64
     assert s.max_interpolation_steps == 64
-    assert s.playground is True
+    assert s.playground is True and s.open_port_when_ready is False
     assert s.projection_concurrency == 1 and s.projection_max_steps == 1000 and s.projection_timeout_s == 10.0
     assert s.max_upload_bytes == 2 * 1024 * 1024
     assert s.max_upload_pixels == 4096 * 4096

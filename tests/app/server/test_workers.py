@@ -19,8 +19,8 @@ import pytest
 
 from app.server.factory import create_app
 from app.server.settings import Settings
-from bench.servers import child_pythonpath, children_map, is_worker, worker_pids
-from tests.conftest import start_server, wait_ready
+from bench.servers import children_map, is_worker, worker_pids
+from tests.conftest import patch_workers, start_server, wait_ready
 
 pytestmark = pytest.mark.e2e
 GAN = "/v1/models/tiny-gan"
@@ -53,28 +53,6 @@ def scrape(base: str) -> str:
 
 def workers_ready(base: str) -> float:
     return metric(scrape(base), "latentserve_workers_ready")
-
-
-def patch_workers(folder: Path, patch: str) -> str:
-    """A PYTHONPATH whose sitecustomize runs ``patch`` (Python, with ``registry`` the module) in
-    each process once it imports app.engine.registry: the workers (the supervisor never imports it).
-    Lazy, so that no process imports torch any sooner than it would."""
-    (folder / "sitecustomize.py").write_text(
-        "import importlib.abc, importlib.util, sys\n"
-        "class Hook(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name != 'app.engine.registry':\n"
-        "            return None\n"
-        "        sys.meta_path.remove(self)\n"
-        "        spec = importlib.util.find_spec(name)\n"
-        "        run = spec.loader.exec_module\n"
-        "        def exec_module(registry):\n"
-        "            run(registry)\n"
-        + "".join(f"            {line}\n" for line in patch.splitlines()) +
-        "        spec.loader.exec_module = exec_module\n"
-        "        return spec\n"
-        "sys.meta_path.insert(0, Hook())\n")
-    return f"{folder}{os.pathsep}{child_pythonpath()}"
 
 
 def slow_to_warm_up_once(marker: Path, folder: Path) -> str:
