@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             server.stop(timeout_s=10.0)
     result = summary([r["img_per_s"] for r in rounds["A"]], [r["img_per_s"] for r in rounds["B"]])
     errors = sum(r["non_2xx"] + r["socket_errors"] for rs in rounds.values() for r in rs)
-    print(f"A /{args.a_path}: median {result['median_a']:.1f} img/s; B /{args.b_path}: median {result['median_b']:.1f} img/s")
+    b_label = f"/{sides['B'][0]}" + (" beside a projection" if args.b_beside_projections else "")
+    print(f"A /{args.a_path}: median {result['median_a']:.1f} img/s; B {b_label}: median {result['median_b']:.1f} img/s")
     print(f"B / A = {result['ratio_b_a']:.3f} (median of the rounds' own B / A: {result['median_round_ratio']:.3f}); "
           f"B served more in {result['b_won']} of {result['rounds']} rounds; errors: {errors}")
     if args.out_json:
