@@ -34,7 +34,6 @@ What this module adds to uvicorn's supervisor:
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import multiprocessing
 import os
@@ -56,6 +55,7 @@ from uvicorn.config import STARTUP_FAILURE, Config
 from uvicorn.supervisors import multiprocess
 
 from app.server.drain import stop_budget_s
+from app.server.metrics_dir import make_metrics_dir, remove_stale_metrics_dirs
 from app.server.serving import (
     DrainingServer,
     StartupError,
@@ -71,9 +71,7 @@ HANG_S = 10.0  # an event loop that has not ticked for this long is hung
 START_S = 300.0  # longest a SIGHUP replacement may take to load and warm up
 JOIN_MARGIN_S = 5.0  # past its drain budget (app.server.drain.stop_budget_s), a stopping worker is killed
 STARTING_STOP_S = 2.0  # a worker still starting when told to stop is killed after this
-METRICS_LOCK = "supervisor.lock"  # held by the supervisor whose folder it is, for as long as it runs
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-METRICS_DIR_PREFIX = "latentserve-metrics-"
 LIVE_GAUGE_RE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
 # in a worker: its app, built by uvicorn from worker_app
@@ -280,58 +278,6 @@ def check_models(settings: Settings) -> int:
 
 def _check_models_and_exit(settings: Settings) -> None:  # pragma: no cover - runs in a child
     raise SystemExit(check_models(settings))
-
-
-def make_metrics_dir(parent: Path) -> tuple[str, int]:
-    """A fresh folder for the workers' metrics, and the descriptor of the lock on it that this
-    process holds until it exits (the kernel drops it however the process ends). It gets its
-    name only once locked, so no other supervisor's sweep can take it for a stale one."""
-    building = tempfile.mkdtemp(prefix=f".{METRICS_DIR_PREFIX}", dir=parent)
-    fd = os.open(os.path.join(building, METRICS_LOCK), os.O_CREAT | os.O_RDWR, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    folder = os.path.join(parent, f"{METRICS_DIR_PREFIX}{os.getpid()}-{os.path.basename(building)[len(METRICS_DIR_PREFIX) + 1:]}")
-    os.rename(building, folder)
-    return folder, fd
-
-
-def remove_stale_metrics_dirs(parent: Path) -> None:
-    """Folders of supervisors that were killed (SIGKILL leaves no chance to remove them): those
-    whose lock nobody holds. A lock, not a pid: in containers that share /tmp, every supervisor
-    may be PID 1. A folder without a lock file is from a version before the lock, and goes when
-    the pid in its name is no process (or is this one)."""
-    for folder in parent.glob(f"{METRICS_DIR_PREFIX}*"):
-        try:
-            if not folder.is_dir() or folder.stat().st_uid != os.getuid():
-                continue
-            fd = os.open(folder / METRICS_LOCK, os.O_RDWR)
-        except FileNotFoundError:
-            if not _unlocked_folder_is_stale(folder):
-                continue
-        except OSError:
-            continue
-        else:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:  # held: its supervisor runs
-                continue
-            finally:
-                os.close(fd)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _unlocked_folder_is_stale(folder: Path) -> bool:
-    pid = folder.name[len(METRICS_DIR_PREFIX):].split("-", 1)[0]
-    if not pid.isdigit():
-        return False
-    if int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
 
 
 def run_workers(settings: Settings) -> int:

@@ -324,7 +324,7 @@ def test_a_worker_whose_event_loop_hangs_is_replaced(tiny_weights: Path, tmp_pat
 def test_metrics_folders_of_killed_supervisors_are_removed(tmp_path: Path):
     import fcntl
 
-    from app.server.workers import (
+    from app.server.metrics_dir import (
         METRICS_DIR_PREFIX,
         METRICS_LOCK,
         make_metrics_dir,
