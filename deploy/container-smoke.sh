@@ -38,6 +38,10 @@ file /tmp/smoke.png | grep -q "PNG image data, 28 x 28" || fail "not a 28x28 PNG
 echo "PNG ok"
 curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^latentserve_ready 1.0' || fail "not ready in /metrics"
 echo "metrics ok"
+# the playground's static files ship in the installed package
+curl -fsS "http://127.0.0.1:$PORT/" | grep -q 'playground/app.js' || fail "no playground page"
+curl -fsS "http://127.0.0.1:$PORT/playground/app.js" | grep -q 'AbortController' || fail "no playground script"
+echo "playground ok"
 [ "$(podman inspect -f '{{.Config.User}}' "$CID")" = "10001" ] || fail "the container does not run as uid 10001"
 echo "non-root ok"
 podman kill --signal TERM "$CID" >/dev/null
