@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LUA_SCRIPT = Path(__file__).resolve().parent / "samples.lua"
-BODY_SCRIPT = Path(__file__).resolve().parent / "body.lua"
-GET_SCRIPT = Path(__file__).resolve().parent / "get.lua"
 WRK_TIMEOUT = "30s"  # the servers' request deadline; wrk's default (2 s) would count slow answers as timeouts
 
 
@@ -44,20 +42,18 @@ def wrk_version(wrk: str) -> str:
 
 def run_get(wrk: str, url: str, load: Load, seconds: float, headers: dict[str, str] | None = None) -> dict:
     """One wrk run of GET ``url`` (the same URL every time), numbers as run_wrk's."""
-    return run_wrk(wrk, url, load, seconds, 0, headers=headers, script=GET_SCRIPT)
+    return run_wrk(wrk, url, load, seconds, 0, headers=headers, body_template="GET")
 
 
 def run_wrk(wrk: str, url: str, load: Load, seconds: float, seed_base: int, threads: int = 1,
-            body_template: str | None = None, headers: dict[str, str] | None = None,
-            script: Path | None = None) -> dict:
-    """One wrk run (POST {"n", "seed"}, or ``body_template`` % seed with bench/body.lua, or
-    ``script``), with extra request ``headers``. Returns requests, req/s, img/s, latency percentiles (ms), errors and wrk's
+            body_template: str | None = None, headers: dict[str, str] | None = None) -> dict:
+    """One wrk run: POST {"n", "seed"}, or ``body_template`` % seed, or a GET when it is "GET"
+    (bench/samples.lua), with extra request ``headers``. Returns requests, req/s, img/s, latency percentiles (ms), errors and wrk's
     CPU share (user + system seconds over wall seconds, in % of one core)."""
     threads = max(1, min(threads, load.concurrency))
-    script = script or (LUA_SCRIPT if body_template is None else BODY_SCRIPT)
     extra = [arg for k, v in (headers or {}).items() for arg in ("-H", f"{k}: {v}")]
     cmd = [wrk, f"-t{threads}", f"-c{load.concurrency}", f"-d{max(1, round(seconds))}s", *extra,
-           f"--timeout={WRK_TIMEOUT}", "-s", str(script), url, "--",
+           f"--timeout={WRK_TIMEOUT}", "-s", str(LUA_SCRIPT), url, "--",
            str(load.n), str(seed_base), *([] if body_template is None else [body_template])]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         t0 = time.perf_counter()

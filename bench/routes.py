@@ -8,8 +8,7 @@ see the same minutes of a machine whose speed drifts. For the routes that promis
     python -m bench.routes --b-path /v1/images/generations \
         --b-body '{"prompt":"a sneaker, take %d","model":"fashion-gan","size":"28x28","response_format":"b64_json"}'
 
-Each body is a JSON template with one %d, the request's seed (a different seed per request, as
-bench/samples.lua). Prints every round, the medians, B / A, and how many rounds B won. Needs wrk."""
+Each body is a JSON template with one %d, the request's seed (a different seed per request, bench/samples.lua). Prints every round, the medians, B / A, and how many rounds B won. Needs wrk."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 -- wrk script: POST {"n": N, "seed": S} as JSON, a different seed on every request, and print the
 -- run's numbers as one JSON line (prefixed WRK_JSON) from done(), so nothing parses wrk's text.
--- Arguments (after `--` on wrk's command line): n, seed base.
+-- Arguments (after `--` on wrk's command line): n, seed base, and optionally a body template: a
+-- JSON body with one %d for the seed instead of {"n", "seed"}, or "GET" for a plain GET of the URL.
 local threads = {}
 
 function setup(thread)
@@ -8,10 +9,14 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-local n, seed, step
+local n, seed, step, template
 
 function init(args)
   n = tonumber(args[1]) or 1
+  template = args[3] or '{"n":' .. n .. ',"seed":%d}'
+  if template == "GET" then
+    return  -- wrk's own request: GET of the URL, headers from -H
+  end
   -- threads start 2^28 seeds apart; seeds stay below 2^31 + n, inside the API's bound (2^32 - 1)
   seed = ((tonumber(args[2]) or 0) + id * 268435456) % 2147483648
   step = n
@@ -20,8 +25,11 @@ function init(args)
 end
 
 function request()
+  if template == "GET" then
+    return wrk.format()
+  end
   seed = (seed + step) % 2147483648
-  return wrk.format(nil, nil, nil, string.format('{"n":%d,"seed":%d}', n, seed))
+  return wrk.format(nil, nil, nil, string.format(template, seed))
 end
 
 function done(summary, latency, requests)
