@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,13 @@ def classify(clf: nn.Module, images: torch.Tensor, batch: int = 1000) -> tuple[n
 
 
 @torch.no_grad()
-def generate_eval_set(gen: nn.Module, seed: int, batch: int = 500, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """10 x SAMPLES_PER_CLASS images, class-major; image i from seed + i with label i // 1000."""
-    n = SAMPLES_PER_CLASS * len(CLASS_NAMES)
-    labels = torch.arange(len(CLASS_NAMES)).repeat_interleave(SAMPLES_PER_CLASS)
+def generate_eval_set(gen: nn.Module, seed: int, batch: int = 500, progress: bool = True,
+                      per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """10 x per_class (default SAMPLES_PER_CLASS) images, class-major; image i from seed + i with
+    label i // per_class."""
+    per_class = per_class or SAMPLES_PER_CLASS
+    n = per_class * len(CLASS_NAMES)
+    labels = torch.arange(len(CLASS_NAMES)).repeat_interleave(per_class)
     out = []
     for i in tqdm(range(0, n, batch), desc="sampling", disable=not progress):
         z, _ = seeded_latents(seed + i, min(batch, n - i), gen.cfg.latent_dim, len(CLASS_NAMES))
@@ -80,6 +84,24 @@ def conditional_accuracy(preds: np.ndarray, labels: np.ndarray) -> tuple[float, 
 
 
 @torch.no_grad()
+def fid_probe(classifier_card: Path, data_dir: str | None, samples: int = 2000,
+              device: torch.device | str = "cpu") -> Callable[[nn.Module], float]:
+    """A function gen -> FID of ``samples`` seeded samples (seeds 0.., class-major) against the
+    10,000 test images, in the shipped classifier's features: the training curve's measure (fewer
+    samples than the card's 10,000, so its values are higher; compare curves with curves)."""
+    clf, _ = load_model(classifier_card, device=device)
+    test_x, _ = to_tensors(load_split("test", data_dir), (0.0, 1.0))
+    test_feats, _ = classify(clf, (test_x * 2.0 - 1.0).to(device))
+    per_class = max(1, samples // len(CLASS_NAMES))
+
+    def probe(gen: nn.Module) -> float:
+        images, _ = generate_eval_set(gen, 0, progress=False, per_class=per_class)
+        feats, _ = classify(clf, images)
+        return round(fid(feats, test_feats), 3)
+
+    return probe
+
+
 def vae_test_metrics(vae: nn.Module, x01: torch.Tensor, y: torch.Tensor, seed: int, batch: int = 1000) -> dict[str, float]:
     """Per-image negative ELBO (one seeded z sample), its two terms, and the MSE / MAE of the
     reconstruction decoded from mu, in [0, 1] pixel units."""

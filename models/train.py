@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,8 +177,14 @@ class Trainer:
 
 
 def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False,
-        progress: bool = True, max_steps: int | None = None) -> tuple[Trainer, dict[str, Any]]:
-    """Train on x: (N, 1, 28, 28) float in [0, 1], y: (N,) int64. Returns the trainer and a log."""
+        progress: bool = True, max_steps: int | None = None,
+        probe: Callable[[nn.Module], float] | None = None, probe_every_s: float = 0.0) -> tuple[Trainer, dict[str, Any]]:
+    """Train on x: (N, 1, 28, 28) float in [0, 1], y: (N,) int64. Returns the trainer and a log.
+
+    With ``probe`` (e.g. models.evaluate.fid_probe), the final module (the GAN's EMA, the VAE) is
+    measured every ``probe_every_s`` seconds of training and at the end: the quality-versus-time
+    curve, in the log and in ``<run-dir>/curve.json``. The clock stops while a probe runs, so the
+    curve's times (and the card's wall time) are training time alone."""
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -186,6 +194,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
     ckpt_path = run_dir / "checkpoint.pt"
     epoch, pos, global_step, elapsed = 0, 0, 0, 0.0
     history: list[dict[str, float]] = []
+    curve: list[dict[str, float]] = []  # (training seconds, step, probe value)
     sums: dict[str, float] = {}  # running loss sums of the current epoch
     steps_done = 0
     if resume and ckpt_path.exists():
@@ -194,20 +203,35 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         trainer.load_state_dict(state["trainer"])
         epoch, pos, global_step, elapsed = state["epoch"], state["pos"], state["global_step"], state["elapsed"]
-        history = state["history"]
+        history, curve = state["history"], state.get("curve", [])
         sums, steps_done = state.get("epoch_sums", {}), state.get("epoch_steps", 0)
         print(f"resumed from {ckpt_path}: epoch {epoch}, batch {pos}, step {global_step}", file=sys.stderr)
 
     def save_checkpoint() -> None:
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "pos": pos, "global_step": global_step,
-                    "elapsed": elapsed + time.perf_counter() - t0, "history": history,
+                    "elapsed": elapsed + time.perf_counter() - t0, "history": history, "curve": curve,
                     "epoch_sums": sums, "epoch_steps": steps_done}, tmp)
         os.replace(tmp, ckpt_path)
+
+    def measure() -> None:
+        nonlocal t0
+        started = time.perf_counter()
+        module = trainer.final_module()
+        was_training = module.training
+        module.eval()
+        value = probe(module)
+        module.train(was_training)
+        curve.append({"train_s": round(elapsed + started - t0, 1), "step": global_step, "value": value})
+        (run_dir / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+        if progress:
+            print(f"step {global_step}, {curve[-1]['train_s']:.0f} s: {value}", file=sys.stderr)
+        t0 += time.perf_counter() - started  # the clock stops while the probe runs
 
     n = len(x)
     steps_per_epoch = n // cfg.batch_size
     t0 = time.perf_counter()
+    next_probe = (curve[-1]["train_s"] if curve else 0.0) + probe_every_s
     trainer.set_train(True)
     while epoch < cfg.epochs:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 10_000 + epoch))
@@ -226,6 +250,9 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
                 trainer.sample_grid(run_dir / f"samples_{global_step:06d}.png")
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                 save_checkpoint()
+            if probe is not None and probe_every_s and elapsed + time.perf_counter() - t0 >= next_probe:
+                measure()
+                next_probe += probe_every_s
             if max_steps is not None and global_step >= max_steps:
                 stop = True
                 break
@@ -239,8 +266,11 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         if stop:
             break
     trainer.set_train(False)
+    if probe is not None and (not curve or curve[-1]["step"] != global_step):
+        measure()
     trainer.sample_grid(run_dir / "samples_final.png")
-    log = {"steps": global_step, "wall_time_s": round(elapsed + time.perf_counter() - t0, 1), "history": history}
+    log = {"steps": global_step, "wall_time_s": round(elapsed + time.perf_counter() - t0, 1), "history": history,
+           **({"curve": curve} if probe is not None else {})}
     return trainer, log
 
 
@@ -280,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
+    p.add_argument("--curve-every-s", type=float, default=0.0,
+                   help="every this many seconds of training, FID of --curve-samples samples in the shipped "
+                        "classifier's features (the quality-versus-time curve; <run-dir>/curve.json and the card)")
+    p.add_argument("--curve-samples", type=int, default=2000)
+    p.add_argument("--classifier", default="weights/fashion-classifier.json", help="the features of the curve's FID")
     p.add_argument("--name", default="", help="model name for the card and files (default: fashion-<kind>)")
     p.add_argument("--model", action="append", default=[], metavar="KEY=INT",
                    help="architecture size for the model's config dataclass, e.g. --model latent_dim=2 (repeatable)")
@@ -291,7 +326,12 @@ def main(argv: list[str] | None = None) -> int:
                       sample_every=args.sample_every, name=args.name, model=parse_model_sizes(args.model))
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
-    trainer, log = run(cfg, x, y, resume=args.resume)
+    probe = None
+    if args.curve_every_s and args.kind != "classifier":
+        from models.evaluate import fid_probe  # the classifier and test features: only for a curve
+
+        probe = fid_probe(Path(args.classifier), args.data_dir, args.curve_samples, cfg.device)
+    trainer, log = run(cfg, x, y, resume=args.resume, probe=probe, probe_every_s=args.curve_every_s)
     module = trainer.final_module()
     metrics: dict[str, Any] = {}
     if args.kind == "classifier":
@@ -305,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         "ema_decay": cfg.ema_decay if args.kind == "gan" else None,
         "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],
-        "history": log["history"], "command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "history": log["history"], **({"curve": {"measure": f"FID of {args.curve_samples} samples against the test set in the shipped "
+                                  "classifier's features", "points": log["curve"]}} if "curve" in log else {}), "command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "classes": list(CLASS_NAMES),
     }
     card = save_model(module, name=cfg.name, kind=args.kind, out_dir=cfg.out, training=training, metrics=metrics)

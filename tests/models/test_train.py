@@ -206,3 +206,37 @@ def test_cli_trains_and_writes_card(tmp_path, kind):
         assert 0.0 <= card["metrics"]["test_accuracy"] <= 1.0
     module, _ = load_model(out / f"{name}.json")
     assert not module.training
+
+
+# -- the quality-versus-time curve --
+
+def test_the_curve_probes_the_final_module_on_its_clock_and_stops_it_while_probing(tmp_path):
+    """Every probe_every_s of training and at the end; the module is in eval mode while probed and
+    back in its mode afterwards; the probes' own time is not training time."""
+    import time as clock
+
+    x, y = patterns(128)
+    cfg = config("vae", tmp_path, epochs=2)
+    seen = []
+
+    def probe(module):
+        seen.append(module.training)
+        clock.sleep(0.3)
+        return float(len(seen))
+
+    t = clock.perf_counter()
+    trainer, log = run(cfg, x, y, progress=False, probe=probe, probe_every_s=1e-9)
+    total = clock.perf_counter() - t
+    curve = log["curve"]
+    assert [p["value"] for p in curve] == [float(i + 1) for i in range(len(curve))] and len(curve) == log["steps"]
+    assert [p["step"] for p in curve] == list(range(1, log["steps"] + 1))
+    assert all(a["train_s"] <= b["train_s"] for a, b in zip(curve, curve[1:]))
+    assert seen == [False] * len(seen) and trainer.final_module().training is False
+    assert log["wall_time_s"] < total - 0.3 * len(seen) + 0.5  # the sleeps are not counted
+    assert json.loads((tmp_path / "curve.json").read_text()) == curve
+
+
+def test_without_a_probe_there_is_no_curve(tmp_path):
+    x, y = patterns(64)
+    _, log = run(config("vae", tmp_path, epochs=1), x, y, progress=False)
+    assert "curve" not in log and not (tmp_path / "curve.json").exists()
