@@ -240,3 +240,18 @@ def test_without_a_probe_there_is_no_curve(tmp_path):
     x, y = patterns(64)
     _, log = run(config("vae", tmp_path, epochs=1), x, y, progress=False)
     assert "curve" not in log and not (tmp_path / "curve.json").exists()
+
+
+def test_curves_are_drawn_from_curve_files(tmp_path):
+    from models.curves import main as curves_main
+
+    a, b = tmp_path / "a" / "curve.json", tmp_path / "b" / "curve.json"
+    for path, values in ((a, [90.0, 60.0, 50.0]), (b, [80.0, 70.0])):
+        path.parent.mkdir()
+        path.write_text(json.dumps([{"train_s": 60.0 * (i + 1), "step": i, "value": v} for i, v in enumerate(values)]))
+    out = tmp_path / "plot.png"
+    assert curves_main([str(a), str(b), "--label", "first", "--out", str(out)]) == 0
+    with Image.open(out) as img:
+        assert img.size == (720, 420)
+        colours = {c for _, c in img.convert("RGB").getcolors(100_000)}
+    assert (31, 119, 180) in colours and (214, 39, 40) in colours  # both curves drawn
