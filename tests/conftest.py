@@ -100,20 +100,26 @@ def warm_up_gate(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return gate
 
 
-@pytest.fixture
-def fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per request that app.edge.fastpath served (its call of ``sample``)."""
+def count_fast_path_calls(monkeypatch: pytest.MonkeyPatch, core: str) -> list[int]:
+    """One entry per request that app.edge.fastpath served with ``core`` (``sample``,
+    ``edit_image``, ``generate_images``): the fast path looks its cores up at each call."""
     from app.edge import fastpath
 
     calls: list[int] = []
-    original = fastpath.sample
+    original = getattr(fastpath, core)
 
     async def counting(*args, **kwargs):
         calls.append(1)
         return await original(*args, **kwargs)
 
-    monkeypatch.setattr(fastpath, "sample", counting)
+    monkeypatch.setattr(fastpath, core, counting)
     return calls
+
+
+@pytest.fixture
+def fast_path_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per request that app.edge.fastpath served as a sample."""
+    return count_fast_path_calls(monkeypatch, "sample")
 
 
 # ---- a real `python -m app` process over TCP ----

@@ -8,7 +8,7 @@ import contextlib
 import pytest
 
 from app.edge.fastpath import FastPath
-from tests.conftest import running_app
+from tests.conftest import count_fast_path_calls, running_app
 
 GAN = "/v1/models/tiny-gan"
 SKIP = {"x-request-id", "date"}
@@ -86,18 +86,7 @@ async def test_fast_path_requests_are_counted_under_the_route_template(client):
 
 @pytest.fixture
 def fast_edit_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """One entry per request that app.edge.fastpath served as an edit."""
-    from app.edge import fastpath
-
-    calls: list[int] = []
-    original = fastpath.edit_image
-
-    async def counting(*args, **kwargs):
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(fastpath, "edit_image", counting)
-    return calls
+    return count_fast_path_calls(monkeypatch, "edit_image")
 
 
 @pytest.mark.parametrize("body", [

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.edge.openai import class_in_prompt, scale_for
 from app.server.settings import Settings
-from tests.conftest import running_app
+from tests.conftest import count_fast_path_calls, running_app
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -53,16 +53,7 @@ def test_prompts_name_classes_and_sizes_map_to_upscales():
 
 
 async def test_generations_b64_json_are_the_seeded_samples(tiny_weights, monkeypatch):
-    from app.edge import fastpath
-
-    calls = []
-    original = fastpath.generate_images
-
-    async def counting(*args, **kwargs):
-        calls.append(1)
-        return await original(*args, **kwargs)
-
-    monkeypatch.setattr(fastpath, "generate_images", counting)
+    calls = count_fast_path_calls(monkeypatch, "generate_images")
     async with openai_client(tiny_weights) as (client, http):
         raw = await client.images.with_raw_response.generate(prompt="a red sneaker", model="tiny-gan", n=2, size="56x56",
                                                              response_format="b64_json")
