@@ -54,6 +54,13 @@ def build_module(kind: str, config: dict[str, Any]) -> nn.Module:
     return module_cls(config_cls(**config))
 
 
+def image_of(config: dict[str, Any]) -> dict[str, int]:
+    """The card's image shape: from the config's image_size / image_channels where it has them."""
+    channels, height, width = IMAGE_SHAPE
+    size = config.get("image_size")
+    return {"channels": config.get("image_channels", channels), "height": size or height, "width": size or width}
+
+
 def save_model(module: nn.Module, *, name: str, kind: str, out_dir: str | Path, version: str = "1.0.0",
                training: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``<out_dir>/<name>.safetensors`` and ``<name>.json``; returns the card path."""
@@ -71,7 +78,7 @@ def save_model(module: nn.Module, *, name: str, kind: str, out_dir: str | Path, 
         "config": cfg,
         "latent_dim": cfg.get("latent_dim"),
         "classes": list(CLASS_NAMES),
-        "image": dict(zip(("channels", "height", "width"), IMAGE_SHAPE)),
+        "image": image_of(cfg),
         "value_range": [-1.0, 1.0],
         "weights_file": weights.name,
         "sha256": sha256_file(weights),

@@ -1,4 +1,4 @@
-"""Class-conditional DCGAN-style GAN for 1x28x28 images in [-1, 1].
+"""Class-conditional DCGAN-style GAN for square images in [-1, 1] (1x28x28 for Fashion-MNIST).
 
 Generator: (z, y) -> image, built from nearest-neighbour upsampling + 3x3 convolutions (no
 stride-2 transposed convs, which cause checkerboard artifacts: Odena et al., 2016,
@@ -33,10 +33,15 @@ from torch.nn.utils import spectral_norm
 class GANConfig:
     latent_dim: int = 64
     num_classes: int = 10
-    g_channels: int = 128  # width of the 7x7 block; halves at each upsampling
+    g_channels: int = 128  # width of the first (image_size / 4) block; halves at each upsampling
     d_channels: int = 32
     embed_dim: int = 32
     image_channels: int = 1
+    image_size: int = 28  # height = width; two x2 upsamplings, so a multiple of 4
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % 4:
+            raise ValueError(f"image_size must be a positive multiple of 4, got {self.image_size}")
 
 
 class PixelNorm(nn.Module):
@@ -68,7 +73,8 @@ class Generator(nn.Module):
         self.cfg = cfg
         c = cfg.g_channels
         self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim)
-        self.fc = nn.Linear(cfg.latent_dim + cfg.embed_dim, c * 7 * 7)
+        self.base = cfg.image_size // 4  # 7 for 28 px
+        self.fc = nn.Linear(cfg.latent_dim + cfg.embed_dim, c * self.base * self.base)
         self.norm = PixelNorm()
         self.up1 = UpBlock(c, c // 2, cfg.num_classes)  # 7 -> 14
         self.up2 = UpBlock(c // 2, c // 4, cfg.num_classes)  # 14 -> 28
@@ -77,7 +83,7 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """z: (B, latent_dim) float, y: (B,) int64 -> (B, 1, 28, 28) in [-1, 1]."""
         h = torch.cat([z, self.embed(y)], dim=1)  # (B, latent_dim + embed_dim)
-        h = self.fc(h).view(-1, self.cfg.g_channels, 7, 7)  # (B, c, 7, 7)
+        h = self.fc(h).view(-1, self.cfg.g_channels, self.base, self.base)  # (B, c, 7, 7)
         h = F.leaky_relu(self.norm(h), 0.2)
         h = self.up2(self.up1(h, y), y)  # (B, c/4, 28, 28)
         return torch.tanh(self.to_image(h))
@@ -118,6 +124,20 @@ def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
 
 def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return -d_fake.mean()
+
+
+def ema_decay_at(step: int, decay: float, rampup: float) -> float:
+    """The EMA decay for update number ``step`` (1-based) with a ramped half-life.
+
+    With ``rampup`` r > 0 the average's half-life is at most r * step updates, so early in
+    training, when G moves fast, the average forgets its random start quickly; it grows until the
+    half-life of ``decay`` itself (ln 0.5 / ln decay updates: 693 for 0.999) takes over. This is
+    StyleGAN2-ADA's ``ema_rampup`` (Karras et al., 2020, training_loop.py), counted in steps
+    rather than images. ``rampup`` 0 keeps ``decay`` from the first step.
+    """
+    if rampup <= 0:
+        return decay
+    return min(decay, 0.5 ** (1.0 / (rampup * max(step, 1))))
 
 
 @torch.no_grad()

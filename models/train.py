@@ -31,9 +31,9 @@ from tqdm import tqdm
 from models.card import save_model
 from models.classifier import Classifier, ClassifierConfig
 from models.data import CLASS_NAMES, load_split, to_tensors
-from models.gan import Discriminator, GANConfig, Generator, d_hinge_loss, ema_update, g_hinge_loss
+from models.gan import Discriminator, GANConfig, Generator, d_hinge_loss, ema_decay_at, ema_update, g_hinge_loss
 from models.images import save_grid
-from models.vae import VAE, VAEConfig, negative_elbo
+from models.vae import VAE, VAEConfig, gaussian_reconstruction, kl_divergence, negative_elbo
 
 NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
 DEFAULTS = {  # kind -> (epochs, batch size, lr)
@@ -57,7 +57,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     sample_every: int = 1000
     ema_decay: float = 0.999
+    ema_rampup: float = 0.05  # the EMA's half-life is at most this share of the steps taken (0: off)
     threads: int = 0
+    likelihood: str = "bernoulli"  # VAE: "bernoulli" or "gaussian" (one learned-by-formula sigma)
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -91,6 +93,7 @@ class Trainer:
             self.clf = Classifier(ClassifierConfig(**cfg.model)).to(device)
             self.opt = torch.optim.Adam(self.clf.parameters(), **adam)
         self.noise = torch.Generator().manual_seed(cfg.seed + 1)  # CPU stream for z / eps
+        self.steps = 0  # optimisation steps taken (the EMA's ramp counts them)
 
     # -- checkpoint state: only tensors, dicts, lists and numbers (weights_only-safe) --
     def modules(self) -> dict[str, nn.Module]:
@@ -102,7 +105,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
-                "noise": self.noise.get_state(), "torch_rng": torch.get_rng_state(),
+                "noise": self.noise.get_state(), "torch_rng": torch.get_rng_state(), "steps": self.steps,
                 **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -110,6 +113,7 @@ class Trainer:
             m.load_state_dict(state["modules"][k])
         for k, o in self.optimizers().items():
             o.load_state_dict(state["optimizers"][k])
+        self.steps = state.get("steps", 0)
         # random states are CPU byte tensors, whatever device the checkpoint was mapped to
         self.noise.set_state(state["noise"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -121,6 +125,7 @@ class Trainer:
 
     # -- one optimisation step; returns numbers for the progress bar --
     def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.steps += 1
         return getattr(self, f"_step_{self.cfg.kind}")(x, y)
 
     def _step_gan(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -134,17 +139,30 @@ class Trainer:
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        ema_update(self.ema, self.g, self.cfg.ema_decay)
+        ema_update(self.ema, self.g, ema_decay_at(self.steps, self.cfg.ema_decay, self.cfg.ema_rampup))
         return {"d": loss_d.item(), "g": loss_g.item()}
 
     def _step_vae(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        mu, logvar = self.vae.encode(x, y)
+        # trained against N(0, I); a fitted prior (prior=1) is fitted after the last step
+        mu, logvar = self.vae.posterior(x, y)
         z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
-        rec, kl, loss = negative_elbo(self.vae.decode_logits(z, y), x, mu, logvar)
+        logits = self.vae.decode_logits(z, y)
+        if self.cfg.likelihood == "gaussian":
+            nll, sigma = gaussian_reconstruction(logits, x)
+            kl = kl_divergence(mu, logvar)
+            rec, kl, loss = nll.mean(), kl.mean(), (nll + kl).mean()
+        else:
+            rec, kl, loss = negative_elbo(logits, x, mu, logvar)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"rec": rec.item(), "kl": kl.item()}
+        logs = {"rec": rec.item(), "kl": kl.item()}
+        return {**logs, "sigma": sigma.item()} if self.cfg.likelihood == "gaussian" else logs
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """After the last step: a VAE with prior=1 fits its prior to the training images' posterior."""
+        if self.cfg.kind == "vae" and self.vae.cfg.prior:
+            self.vae.fit_prior(x, y)
 
     def _step_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         loss = F.cross_entropy(self.clf(x * 2.0 - 1.0), y)
@@ -266,6 +284,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         if stop:
             break
     trainer.set_train(False)
+    trainer.finish(x, y)
     if probe is not None and (not curve or curve[-1]["step"] != global_step):
         measure()
     trainer.sample_grid(run_dir / "samples_final.png")
@@ -307,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", default="", help="checkpoints and sample grids (default runs/<kind>)")
     p.add_argument("--data-dir", default=None, help="folder with the four Fashion-MNIST .gz IDX files")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/checkpoint.pt")
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli",
+                   help="VAE: the pixels' likelihood in training: Bernoulli (cross-entropy) or Gaussian with one "
+                        "sigma set to its maximum-likelihood value each step")
+    p.add_argument("--ema-rampup", type=float, default=0.05,
+                   help="GAN: the EMA's half-life is at most this share of the steps taken; 0 keeps the decay "
+                        "(0.999) from the first step")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
@@ -315,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                         "classifier's features (the quality-versus-time curve; <run-dir>/curve.json and the card)")
     p.add_argument("--curve-samples", type=int, default=2000)
     p.add_argument("--classifier", default="weights/fashion-classifier.json", help="the features of the curve's FID")
+    p.add_argument("--version", default="1.0.0", help="the card's version (it is part of every ETag the service sends)")
     p.add_argument("--name", default="", help="model name for the card and files (default: fashion-<kind>)")
     p.add_argument("--model", action="append", default=[], metavar="KEY=INT",
                    help="architecture size for the model's config dataclass, e.g. --model latent_dim=2 (repeatable)")
@@ -322,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs, batch, lr = DEFAULTS[args.kind]
     cfg = TrainConfig(kind=args.kind, epochs=args.epochs or epochs, batch_size=args.batch_size or batch,
                       lr=args.lr or lr, seed=args.seed, device=str(pick_device(args.device)), out=args.out,
-                      run_dir=args.run_dir, threads=args.threads, checkpoint_every=args.checkpoint_every,
+                      run_dir=args.run_dir, threads=args.threads, ema_rampup=args.ema_rampup, likelihood=args.likelihood, checkpoint_every=args.checkpoint_every,
                       sample_every=args.sample_every, name=args.name, model=parse_model_sizes(args.model))
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
@@ -343,13 +369,17 @@ def main(argv: list[str] | None = None) -> int:
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed,
         "optimizer": "Adam(betas=(0.0, 0.9)), D lr = 2x G lr, hinge loss, EMA of G" if args.kind == "gan" else "Adam",
         "ema_decay": cfg.ema_decay if args.kind == "gan" else None,
+        **({"ema_rampup": cfg.ema_rampup} if args.kind == "gan" else {}),
+        **({"likelihood": cfg.likelihood, **({"prior": "per-class Gaussian fitted to the training images' "
+                                                       "aggregate posterior"} if cfg.model.get("prior") else {})}
+           if args.kind == "vae" else {}),
         "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],
         "history": log["history"], **({"curve": {"measure": f"FID of {args.curve_samples} samples against the test set in the shipped "
                                   "classifier's features", "points": log["curve"]}} if "curve" in log else {}), "command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "classes": list(CLASS_NAMES),
     }
-    card = save_model(module, name=cfg.name, kind=args.kind, out_dir=cfg.out, training=training, metrics=metrics)
+    card = save_model(module, name=cfg.name, kind=args.kind, out_dir=cfg.out, version=args.version, training=training, metrics=metrics)
     print(f"wrote {card} ({log['wall_time_s']:.0f} s)", file=sys.stderr)
     return 0
 

@@ -1,4 +1,4 @@
-"""Class-conditional convolutional VAE for 1x28x28 images (Kingma & Welling, 2014,
+"""Class-conditional convolutional VAE for square images (1x28x28 for Fashion-MNIST) (Kingma & Welling, 2014,
 https://arxiv.org/abs/1312.6114; conditional form: Sohn et al., 2015).
 
 Interface as in pytorch/examples ``vae/main.py``: ``encode(x, y) -> (mu, logvar)``,
@@ -9,6 +9,15 @@ probabilities in [0, 1] (the data are scaled to [0, 1] for the loss); the servin
 Loss = the negative ELBO per image: E_q[-log p(x | z, y)] + KL(q(z | x, y) || N(0, I)), with
 KL = -1/2 * sum(1 + logvar - mu^2 - exp(logvar)) (Kingma & Welling, Appendix B).
 
+Prior (``prior=1``): the decoder's latent z is reached from the served latent u ~ N(0, I) by a
+per-class affine map z = loc_y + L_y u, i.e. the prior is N(loc_y, L_y L_y^T). It is fitted after
+training to the aggregate posterior of the training images (moment matching: ``fit_prior``), the
+ex-post density estimation of Ghosh et al., 2020 (https://arxiv.org/abs/1903.12436) in its
+simplest form. Samples then come from where the encoder put the training images instead of the
+"holes" of N(0, I) that no image maps to. Everything the service exchanges (seeds' latents,
+``encode``, directions) is in u; the map is exact both ways, so an encoded image still decodes to
+its reconstruction. ``prior=0`` is N(0, I): u = z.
+
 On grey-level targets the Bernoulli term is a cross-entropy, not -log p(x) of the 8-bit data: it
 cannot go below the pixels' own binary entropy (189.9 nats per Fashion-MNIST test image), so the
 ELBO it gives compares runs of this code, not published NLLs (README, "The models").
@@ -16,6 +25,7 @@ ELBO it gives compares runs of this code, not published NLLs (README, "The model
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -30,26 +40,32 @@ class VAEConfig:
     channels: int = 32
     hidden: int = 256
     image_channels: int = 1
+    prior: int = 0  # 0: N(0, I); 1: per-class Gaussian N(loc_y, L_y L_y^T) fitted after training
+    image_size: int = 28  # height = width; two stride-2 steps each way, so a multiple of 4
+
+    def __post_init__(self) -> None:
+        if self.image_size <= 0 or self.image_size % 4:
+            raise ValueError(f"image_size must be a positive multiple of 4, got {self.image_size}")
 
 
 class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        c = cfg.channels
+        c, self.size, base = cfg.channels, cfg.image_size, cfg.image_size // 4
         self.conv = nn.Sequential(
             nn.Conv2d(cfg.image_channels + 1, c, 4, stride=2, padding=1),  # (B, c, 14, 14)
             nn.LeakyReLU(0.2),
             nn.Conv2d(c, c * 2, 4, stride=2, padding=1),  # (B, 2c, 7, 7)
             nn.LeakyReLU(0.2),
         )
-        self.label_map = nn.Embedding(cfg.num_classes, 28 * 28)  # label as an extra input plane
-        self.fc = nn.Linear(c * 2 * 7 * 7 + cfg.num_classes, cfg.hidden)
+        self.label_map = nn.Embedding(cfg.num_classes, self.size * self.size)  # label as an extra input plane
+        self.fc = nn.Linear(c * 2 * base * base + cfg.num_classes, cfg.hidden)
         self.mu = nn.Linear(cfg.hidden, cfg.latent_dim)
         self.logvar = nn.Linear(cfg.hidden, cfg.latent_dim)
         self.num_classes = cfg.num_classes
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        plane = self.label_map(y).view(-1, 1, 28, 28)
+        plane = self.label_map(y).view(-1, 1, self.size, self.size)
         h = self.conv(torch.cat([x, plane], dim=1)).flatten(1)  # (B, 2c*49)
         h = F.leaky_relu(self.fc(torch.cat([h, F.one_hot(y, self.num_classes).to(h.dtype)], 1)), 0.2)
         return self.mu(h), self.logvar(h)
@@ -59,11 +75,11 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         c = cfg.channels
-        self.cfg = cfg
+        self.cfg, self.base = cfg, cfg.image_size // 4
         self.fc = nn.Sequential(
             nn.Linear(cfg.latent_dim + cfg.num_classes, cfg.hidden),
             nn.LeakyReLU(0.2),
-            nn.Linear(cfg.hidden, c * 2 * 7 * 7),
+            nn.Linear(cfg.hidden, c * 2 * self.base * self.base),
             nn.LeakyReLU(0.2),
         )
         self.body = nn.Sequential(
@@ -78,7 +94,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.fc(torch.cat([z, F.one_hot(y, self.cfg.num_classes).to(z.dtype)], dim=1))
-        return self.body(h.view(-1, self.cfg.channels * 2, 7, 7))
+        return self.body(h.view(-1, self.cfg.channels * 2, self.base, self.base))
 
 
 class VAE(nn.Module):
@@ -87,10 +103,46 @@ class VAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        if cfg.prior:
+            d, c = cfg.latent_dim, cfg.num_classes
+            self.register_buffer("prior_loc", torch.zeros(c, d))
+            self.register_buffer("prior_tril", torch.eye(d).repeat(c, 1, 1))  # lower-triangular L_y
+
+    def posterior(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z | x, y) in the decoder's latent z: x (B, 1, 28, 28) in [0, 1] -> mu, logvar (B, latent_dim)."""
+        return self.encoder(x, y)
+
+    def to_decoder_latent(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """u (served latent, N(0, I) under the prior) -> z = loc_y + L_y u; the identity with prior=0.
+        An elementwise product and a sum per row, so a row's z never depends on its batch."""
+        if not self.cfg.prior:
+            return u
+        return self.prior_loc[y] + (self.prior_tril[y] * u[:, None, :]).sum(-1)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, 1, 28, 28) in [0, 1] -> mu, logvar: (B, latent_dim)."""
-        return self.encoder(x, y)
+        """x: (B, 1, 28, 28) in [0, 1] -> mu, logvar: (B, latent_dim) of q in the served latent u.
+
+        With the fitted prior, u = L_y^-1 (z - loc_y): mu is exact; logvar is the diagonal of the
+        transformed covariance L_y^-1 diag(var) L_y^-T (its correlations are dropped)."""
+        mu, logvar = self.encoder(x, y)
+        if not self.cfg.prior:
+            return mu, logvar
+        inv = torch.linalg.inv(self.prior_tril[y])  # (B, D, D), lower-triangular
+        mu_u = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
+        var_u = (inv.pow(2) * logvar.exp()[:, None, :]).sum(-1)
+        return mu_u, var_u.log()
+
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """KL(q(z | x, y) || p(z | y)) per row, (B,): q = N(mu, diag exp(logvar)) in z."""
+        if not self.cfg.prior:
+            return kl_divergence(mu, logvar)
+        tril = self.prior_tril[y]
+        eye = torch.eye(mu.shape[1], dtype=mu.dtype, device=mu.device).expand_as(tril)
+        inv = torch.linalg.solve_triangular(tril, eye, upper=False)  # L^-1
+        m = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
+        trace = (inv.pow(2) * logvar.exp()[:, None, :]).sum((1, 2))
+        logdet = logvar.sum(1) - 2.0 * torch.diagonal(tril, dim1=1, dim2=2).log().sum(1)
+        return 0.5 * (trace + m.pow(2).sum(1) - mu.shape[1] - logdet)
 
     def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         std = torch.exp(0.5 * logvar)  # sigma = exp(logvar / 2)
@@ -105,17 +157,41 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decoder(z, y))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x, y)
+        mu, logvar = self.posterior(x, y)
         z = self.reparameterize(mu, logvar)
         return self.decode_logits(z, y), mu, logvar
 
     # The serving interface shared with the GAN generator: images in [-1, 1].
     def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.decode(z, y) * 2.0 - 1.0
+        """z: the served latent u (B, latent_dim) -> images in [-1, 1]."""
+        return self.decode(self.to_decoder_latent(z, y), y) * 2.0 - 1.0
 
     def latent_weight(self) -> torch.Tensor:
-        """The decoder's first layer's weight on z alone, (hidden, latent_dim): what SeFa factorises."""
-        return self.decoder.fc[0].weight[:, :self.cfg.latent_dim]
+        """The decoder's first layer's weight on the served latent, (hidden, latent_dim): what SeFa
+        factorises. With the fitted prior it is W L, L the classes' mean scale (the first layer
+        sees W (loc_y + L_y u)), so the directions are those of the average class."""
+        w = self.decoder.fc[0].weight[:, :self.cfg.latent_dim]
+        return w @ self.prior_tril.mean(0) if self.cfg.prior else w
+
+    @torch.no_grad()
+    def fit_prior(self, x01: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> None:
+        """Fit p(z | y) = N(loc_y, L_y L_y^T) to the aggregate posterior of (x01, y) by moments:
+        loc_y = mean of mu, covariance = Cov(mu) + mean(diag var) over the class's images."""
+        if not self.cfg.prior:
+            raise ValueError("fit_prior needs a VAE built with prior=1")
+        mus, variances = [], []
+        for i in range(0, len(x01), batch):
+            mu, logvar = self.posterior(x01[i:i + batch].to(self.prior_loc.device), y[i:i + batch].to(self.prior_loc.device))
+            mus.append(mu.double())
+            variances.append(logvar.double().exp())
+        mu, var, y = torch.cat(mus), torch.cat(variances), y.to(self.prior_loc.device)
+        for c in range(self.cfg.num_classes):
+            m, v = mu[y == c], var[y == c]
+            if len(m) < 2:
+                raise ValueError(f"fit_prior: class {c} has {len(m)} images; it needs 2 or more")
+            cov = torch.cov(m.T) + torch.diag(v.mean(0))
+            self.prior_loc[c] = m.mean(0).to(self.prior_loc.dtype)
+            self.prior_tril[c] = torch.linalg.cholesky(cov).to(self.prior_tril.dtype)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -123,8 +199,25 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
 
 
-def negative_elbo(logits: torch.Tensor, x01: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean over the batch of (reconstruction NLL, KL, NLL + KL), in nats per image."""
+def negative_elbo(logits: torch.Tensor, x01: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                  kl: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over the batch of (reconstruction NLL, KL, NLL + KL), in nats per image. ``kl`` per
+    row (default: against N(0, I); ``VAE.kl`` gives it against the model's own prior)."""
     rec = F.binary_cross_entropy_with_logits(logits, x01, reduction="none").flatten(1).sum(1)
-    kl = kl_divergence(mu, logvar)
+    kl = kl_divergence(mu, logvar) if kl is None else kl
     return rec.mean(), kl.mean(), (rec + kl).mean()
+
+
+def gaussian_reconstruction(logits: torch.Tensor, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """-log N(x; sigmoid(logits), sigma^2 I) per image, (B,), with one sigma for every pixel set to
+    its maximum-likelihood value sqrt(batch MSE) (the "optimal sigma" of Rybkin et al., 2021,
+    https://arxiv.org/abs/2006.13202). Returns (nll, sigma). A Bernoulli likelihood on grey levels
+    weighs an error at a mid-grey pixel about 25 times less than this one does at sigma = 0.1, which
+    is why its reconstructions lose texture; here the decoder's own accuracy sets the weight.
+    sigma is a constant of each step's gradient: at its optimum d(nll)/d(sigma) = 0."""
+    mean = torch.sigmoid(logits)
+    sq = (mean - x01).pow(2).flatten(1)
+    sigma = sq.mean().detach().sqrt().clamp_min(1e-3)
+    pixels = sq.shape[1]
+    nll = sq.sum(1) / (2 * sigma**2) + pixels * (torch.log(sigma) + 0.5 * math.log(2 * math.pi))
+    return nll, sigma

@@ -101,7 +101,8 @@ def test_card_contents(tmp_path, kind):
 def test_card_config_for_gan(saved_gan):
     card = json.loads(saved_gan[0].read_text())
     assert card["config"] == {"latent_dim": 8, "num_classes": 10, "g_channels": 16, "d_channels": 8,
-                              "embed_dim": 32, "image_channels": 1}
+                              "embed_dim": 32, "image_channels": 1, "image_size": 28}
+    assert card["image"] == {"channels": 1, "height": 28, "width": 28}
 
 
 @pytest.mark.parametrize("kind", ["gan", "vae", "classifier"])
@@ -180,7 +181,7 @@ def test_a_config_must_name_every_size(saved_gan, key):
         load_model(card_path)
 
 
-@pytest.mark.parametrize("change", [{"g_channels": -2}, {"latent_dim": 0}, {"embed_dim": -1}])
+@pytest.mark.parametrize("change", [{"g_channels": -2}, {"latent_dim": 0}, {"embed_dim": -1}, {"image_size": 30}])
 def test_impossible_sizes_name_the_card(saved_gan, change):
     """A negative size raised torch's RuntimeError, which start-up does not turn into its one-line
     "cannot load models" exit: a traceback that named no file."""

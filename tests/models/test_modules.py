@@ -204,3 +204,123 @@ def test_to_uint8_maps_the_tanh_range_onto_grey_levels():
     out = to_uint8(batch)
     assert out.dtype == torch.uint8 and out.shape == (3, 2, 2)
     assert out[:, 0, 0].tolist() == [0, 255, 0]
+
+
+# -- the fitted prior (prior=1) and the Gaussian likelihood --
+
+PRIOR_CFG = VAEConfig(latent_dim=3, channels=4, hidden=16, prior=1)
+
+
+def fitted_vae(seed=0):
+    """A prior=1 VAE whose prior is set to a random per-class Gaussian (loc, L with positive diagonal)."""
+    torch.manual_seed(seed)
+    vae = VAE(PRIOR_CFG).eval()
+    vae.prior_loc.copy_(torch.randn(10, 3))
+    tril = torch.randn(10, 3, 3).tril()
+    tril.diagonal(dim1=1, dim2=2).copy_(torch.rand(10, 3) + 0.5)
+    vae.prior_tril.copy_(tril)
+    return vae
+
+
+@torch.no_grad()
+def test_prior_maps_served_latent_to_decoder_latent_and_back():
+    """generate(u) decodes z = loc_y + L_y u; encode returns u = L_y^-1 (mu_z - loc_y) and the
+    diagonal of L_y^-1 diag(var) L_y^-T, so an encoded image's u decodes to its reconstruction."""
+    vae = fitted_vae()
+    x, y = torch.rand(6, 1, 28, 28), labels(6)
+    u = torch.randn(6, 3)
+    z = torch.stack([vae.prior_loc[c] + vae.prior_tril[c] @ u[i] for i, c in enumerate(y.tolist())])
+    assert torch.allclose(vae.generate(u, y), vae.decode(z, y) * 2 - 1, atol=1e-6)
+    mu_z, logvar_z = vae.posterior(x, y)
+    mu_u, logvar_u = vae.encode(x, y)
+    for i, c in enumerate(y.tolist()):
+        inv = torch.linalg.inv(vae.prior_tril[c])
+        assert torch.allclose(mu_u[i], inv @ (mu_z[i] - vae.prior_loc[c]), atol=1e-5)
+        cov_u = inv @ torch.diag(logvar_z[i].exp()) @ inv.T
+        assert torch.allclose(logvar_u[i].exp(), torch.diagonal(cov_u), rtol=1e-5)
+    assert torch.allclose(vae.generate(mu_u, y), vae.decode(mu_z, y) * 2 - 1, atol=1e-5)
+
+
+@torch.no_grad()
+def test_prior_kl_matches_torch_distributions():
+    """VAE.kl against the fitted prior equals KL(N(mu, diag var) || N(loc_y, L_y L_y^T)) of
+    torch.distributions; with prior=0 it is the closed form against N(0, I)."""
+    from torch.distributions import MultivariateNormal, kl_divergence as td_kl
+
+    vae = fitted_vae(1)
+    mu, logvar, y = torch.randn(5, 3), torch.randn(5, 3) * 0.5, labels(5)
+    want = td_kl(MultivariateNormal(mu, torch.diag_embed(logvar.exp())),
+                 MultivariateNormal(vae.prior_loc[y], scale_tril=vae.prior_tril[y]))
+    assert torch.allclose(vae.kl(mu, logvar, y), want, rtol=1e-4, atol=1e-5)
+    plain = VAE(VAE_CFG)
+    mu4, logvar4 = torch.randn(5, 4), torch.randn(5, 4)
+    assert torch.equal(plain.kl(mu4, logvar4, labels(5)), kl_divergence(mu4, logvar4))
+
+
+@torch.no_grad()
+def test_fit_prior_matches_the_aggregate_posterior_moments():
+    """loc_y is the class's mean of mu; L_y L_y^T is Cov(mu) + mean(var) over the class's rows."""
+    vae = VAE(PRIOR_CFG).eval()
+    x, y = torch.rand(60, 1, 28, 28), labels(60)
+    vae.fit_prior(x, y, batch=7)  # batches that cut across classes
+    mu, logvar = vae.posterior(x, y)
+    for c in (0, 9):
+        m, v = mu[y == c].double(), logvar[y == c].double().exp()
+        assert torch.allclose(vae.prior_loc[c].double(), m.mean(0), atol=1e-5)
+        cov = vae.prior_tril[c].double() @ vae.prior_tril[c].double().T
+        assert torch.allclose(cov, torch.cov(m.T) + torch.diag(v.mean(0)), atol=1e-5)
+    with pytest.raises(ValueError, match="prior=1"):
+        VAE(VAE_CFG).fit_prior(x, y)
+
+
+@torch.no_grad()
+def test_prior_map_is_row_independent():
+    """A row's decoder latent does not depend on the other rows of its batch, bit for bit (the
+    service batches across clients and makes its dense layers row-stable; this map must be too)."""
+    vae = fitted_vae(2)
+    u, y = torch.randn(64, 3), labels(64)
+    whole = vae.to_decoder_latent(u, y)
+    for i in (0, 4, 63):
+        assert torch.equal(vae.to_decoder_latent(u[i:i + 1], y[i:i + 1]), whole[i:i + 1])
+
+
+def test_gaussian_reconstruction_is_the_normal_nll_at_the_ml_sigma():
+    """-log N(x; sigmoid(logits), sigma^2) summed per image, sigma = sqrt(batch MSE)."""
+    from models.vae import gaussian_reconstruction
+
+    logits, x = torch.randn(4, 1, 28, 28), torch.rand(4, 1, 28, 28)
+    nll, sigma = gaussian_reconstruction(logits, x)
+    mean = torch.sigmoid(logits)
+    assert sigma.item() == pytest.approx((mean - x).pow(2).mean().sqrt().item(), rel=1e-6)
+    want = -torch.distributions.Normal(mean, sigma).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(nll, want, rtol=1e-5)
+    # sigma is the optimum: any other sigma gives a larger total NLL
+    for other in (sigma * 0.9, sigma * 1.1):
+        assert -torch.distributions.Normal(mean, other).log_prob(x).sum() > nll.sum()
+
+
+def test_ema_decay_ramps_its_half_life():
+    """With rampup r the half-life is at most r * step updates; 0 keeps the decay from step 1."""
+    from models.gan import ema_decay_at
+
+    assert ema_decay_at(1, 0.999, 0.0) == 0.999
+    assert ema_decay_at(100, 0.999, 0.05) == pytest.approx(0.5 ** (1 / 5))  # half-life 5 steps
+    assert ema_decay_at(1000, 0.999, 0.05) == pytest.approx(0.5 ** (1 / 50))
+    assert ema_decay_at(50_000, 0.999, 0.05) == 0.999  # 0.999's own half-life (693) is shorter
+    assert ema_decay_at(0, 0.999, 0.05) < 1e-6  # the first update copies G
+
+
+@torch.no_grad()
+def test_sizes_follow_the_configs_image_size():
+    """Both generators derive their spatial sizes from image_size (a multiple of 4)."""
+    g = Generator(GANConfig(latent_dim=8, g_channels=16, d_channels=8, embed_dim=4, image_size=32)).eval()
+    assert g.generate(torch.randn(2, 8), labels(2)).shape == (2, 1, 32, 32)
+    assert Discriminator(GANConfig(d_channels=8, image_size=32))(torch.rand(2, 1, 32, 32), labels(2)).shape == (2,)
+    vae = VAE(VAEConfig(latent_dim=4, channels=4, hidden=32, image_size=16)).eval()
+    mu, _ = vae.encode(torch.rand(3, 1, 16, 16), labels(3))
+    assert mu.shape == (3, 4) and vae.generate(mu, labels(3)).shape == (3, 1, 16, 16)
+    for bad in (0, 30, -4):
+        with pytest.raises(ValueError, match="multiple of 4"):
+            GANConfig(image_size=bad)
+        with pytest.raises(ValueError, match="multiple of 4"):
+            VAEConfig(image_size=bad)

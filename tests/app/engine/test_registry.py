@@ -363,3 +363,34 @@ def test_close_stops_the_part_threads(tiny_weights):
     reg.close()
     with pytest.raises(RuntimeError):
         reg.part_pool.submit(print)
+
+
+def test_a_vae_with_a_fitted_prior_serves_and_encodes_in_its_served_latent(tmp_path):
+    """prior=1: served rows are the module's generate (which goes through the prior's map), bit
+    for bit; /encode's mu is in the served latent, so decoding it gives the reconstruction; and the
+    default pass (TorchScript, channels-last) keeps the prior's map row-stable: every batch shape
+    calibrates and a row's pixels do not depend on its batch."""
+    from models.card import save_model
+    from models.vae import VAE, VAEConfig
+
+    torch.manual_seed(3)
+    vae = VAE(VAEConfig(latent_dim=4, channels=8, hidden=32, prior=1))
+    vae.prior_loc.copy_(torch.randn(10, 4))
+    vae.prior_tril.copy_(torch.randn(10, 4, 4).tril() * 0.3 + torch.eye(4))
+    save_model(vae, name="prior-vae", kind="vae", out_dir=tmp_path)
+    fresh, _ = load_model(tmp_path / "prior-vae.json", device=torch.device("cpu"))
+    assert torch.equal(fresh.prior_loc, vae.prior_loc)  # the prior travels in the safetensors file
+    plain = registry(tmp_path, torchscript=False, channels_last=False, device="cpu").get("prior-vae")
+    z, y = rows(plain, 8, seed=8)
+    with torch.inference_mode():
+        assert np.array_equal(plain.generate_rows(z, y), to_uint8(fresh.eval().generate(z, y)).numpy())
+        x = (fresh.generate(z, y) + 1) / 2
+        stats = plain.encode_rows(x, y)
+        mu_u, _ = fresh.encode(x, y)
+        mu_z, _ = fresh.posterior(x, y)
+        assert np.allclose(stats[:, 0], mu_u.numpy(), atol=1e-5)
+        assert torch.allclose(fresh.generate(torch.from_numpy(stats[:, 0]), y), fresh.decode(mu_z, y) * 2 - 1, atol=1e-4)
+    served = registry(tmp_path, device="cpu").get("prior-vae")
+    z, y = rows(served, 16, seed=1)
+    whole = served.generate_rows(z, y)
+    assert np.array_equal(served.generate_rows(z[3:7], y[3:7]), whole[3:7])
