@@ -12,8 +12,9 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.edge.asgi import send_json
+from app.edge.asgi import route_path, send_json
 from app.edge.errors import internal_error
+from app.edge.paths import UPLOAD_RE
 from app.server.logs import request_id_var
 from app.server.metrics import Metrics
 
@@ -97,7 +98,8 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Every request body is bounded: /encode uploads by ``upload_limit``, everything else by
+    """Every request body is bounded: image uploads (``UPLOAD_RE``: /encode, /variations, /project,
+    OpenAI's variations) by ``upload_limit``, everything else by
     ``limit``. A declared Content-Length over the limit gets its 413 before the body is read; a
     body without one is counted as it streams in and refused as soon as it passes the limit.
     (FastAPI's own max_body_size answers a declared length with a plain-text 413; this keeps the
@@ -111,7 +113,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit, setting = self.limits[scope["path"].endswith("/encode")]
+        limit, setting = self.limits[UPLOAD_RE.fullmatch(route_path(scope)) is not None]
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 if value.isdigit() and int(value) > limit:

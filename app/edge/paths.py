@@ -20,6 +20,9 @@ SHED_RE = re.compile(r"/v1/models/([^/]+)/(samples|samples\.png|decode|interpola
                      r"|map\.png|variations)")
 ENCODER_OPERATIONS = frozenset({"encode", "variations"})
 
+# image uploads: bounded by LATENTSERVE_MAX_UPLOAD_BYTES, every other body by MAX_BODY_BYTES
+UPLOAD_RE = re.compile(r"/v1/(?:models/[^/]+/(?:encode|variations|project)|images/variations)")
+
 # open with API keys on: the probes, the playground page (it asks for the key) and its assets
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/"})
 OPEN_PREFIXES = ("/playground/",)

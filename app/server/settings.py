@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     projection_timeout_s: float = Field(10.0, gt=0, le=3600, description="a projection stops at this time with the best "
                                         "latent found so far (its answer says how many steps ran)")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest JSON request body (413 beyond)")
-    max_upload_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest /encode body, multipart included")
+    max_upload_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="largest image upload body (/encode, /variations, /project), multipart included")
     max_upload_pixels: int = Field(4096 * 4096, ge=28 * 28)
     workers: int = Field(1, ge=1, le=64, description="worker processes behind one port, each with its own models, "
                          "batcher and event loop; more than 1 only on a GPU, where one process's event loop is "

@@ -38,3 +38,34 @@ def test_the_patterns():
     assert paths.FAST_RE.fullmatch("/v1/models/m/samples.png") is None
     assert paths.SHED_RE.fullmatch("/v1/models/m/map.png").groups() == ("m", "map.png")
     assert paths.SHED_RE.fullmatch("/v1/models/m/directions") is None
+
+
+def test_every_upload_route_is_named_and_nothing_else(tiny_weights):
+    """UPLOAD_RE (the upload body limit) matches exactly the routes that read an image body."""
+    routes = served(tiny_weights)
+    uploads = {r for r in routes if paths.UPLOAD_RE.fullmatch(r.replace("{model}", "m"))}
+    assert uploads == {"/v1/models/{model}/encode", "/v1/models/{model}/variations", "/v1/models/{model}/project",
+                       "/v1/images/variations"}
+
+
+async def test_an_upload_between_the_two_limits_is_taken_by_every_upload_route(app_factory):
+    """An image body larger than MAX_BODY_BYTES but within MAX_UPLOAD_BYTES reaches every upload
+    route (variations and project took the JSON limit and answered 413); a JSON body that large
+    is still refused."""
+    import io
+
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (700, 700), dtype="uint8")).save(buf, format="PNG", compress_level=0)
+    png = buf.getvalue()
+    assert 4096 < len(png) < 1024 * 1024
+    async with app_factory(max_body_bytes=4096, max_upload_pixels=1_000_000) as (_, client):
+        for path in ("/v1/models/tiny-vae/encode?label=0", "/v1/models/tiny-vae/variations?label=0&n=1",
+                     "/v1/models/tiny-gan/project?label=0&steps=1"):
+            r = await client.post(path, content=png, headers={"content-type": "image/png"})
+            assert r.status_code == 200, (path, r.status_code, r.text[:200])
+        r = await client.post("/v1/models/tiny-gan/samples", content=b'{"n": 1, "pad": "' + b"x" * 5000 + b'"}',
+                              headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "LATENTSERVE_MAX_BODY_BYTES" in r.json()["error"]["message"]
