@@ -127,7 +127,7 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(x, y)
         if not self.cfg.prior:
             return mu, logvar
-        inv = torch.linalg.inv(self.prior_tril[y])  # (B, D, D), lower-triangular
+        inv = torch.linalg.inv(self.prior_tril)[y]  # (B, D, D): inverted per class, so no row depends on its batch
         mu_u = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
         var_u = (inv.pow(2) * logvar.exp()[:, None, :]).sum(-1)
         return mu_u, var_u.log()

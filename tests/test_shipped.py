@@ -51,3 +51,30 @@ def test_the_2d_latent_vae_card_says_how_it_was_trained_and_how_it_scores():
     metrics = card["metrics"]
     assert metrics["eval_samples"] == 10_000 and 0.0 < metrics["conditional_accuracy"] <= 1.0
     assert metrics["fid_classifier_features"] > 0 and metrics["test_neg_elbo_nats"] > 0
+
+
+# The targets of the v2 weights, on the cards' own measures (10,000 samples, the shipped
+# classifier's features); each model trained by one command in at most 45 minutes on the 2-core CPU.
+TARGETS = {  # name -> (max FID, min conditional accuracy)
+    "fashion-gan": (80.0, 0.95),
+    "fashion-vae": (120.0, 0.88),
+}
+VAE_ELBO_FLOOR = -235.3  # nats per test image, fashion-vae 1.0.0's
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+def test_the_v2_cards_meet_their_targets(name):
+    from models.card import read_card
+
+    card = read_card(DEFAULT_WEIGHTS_DIR / f"{name}.json")
+    max_fid, min_accuracy = TARGETS[name]
+    metrics, training = card["metrics"], card["training"]
+    assert card["version"].startswith("2.")
+    assert metrics["eval_samples"] == 10_000 and metrics["feature_extractor"].startswith("fashion-classifier")
+    assert metrics["fid_classifier_features"] <= max_fid
+    assert metrics["conditional_accuracy"] >= min_accuracy
+    assert training["device"] == "cpu" and training["cpu_threads"] == 2
+    assert training["wall_time_s"] <= 45 * 60
+    assert training["command"].startswith(f"python -m models.train {card['kind']} ")
+    if card["kind"] == "vae":
+        assert metrics["test_elbo_nats"] >= VAE_ELBO_FLOOR

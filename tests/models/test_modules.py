@@ -324,3 +324,20 @@ def test_sizes_follow_the_configs_image_size():
             GANConfig(image_size=bad)
         with pytest.raises(ValueError, match="multiple of 4"):
             VAEConfig(image_size=bad)
+
+
+@torch.no_grad()
+def test_prior_encode_is_row_independent():
+    """encode's map into the served latent gives a row the same bits alone as in a batch."""
+    vae = fitted_vae(3)
+    mu, logvar, y = torch.randn(32, 3), torch.randn(32, 3), labels(32)
+
+    class Rows(torch.nn.Module):  # an encoder that returns the posterior of the rows it is given
+        def forward(self, rows, y):
+            return mu[rows], logvar[rows]
+
+    vae.encoder = Rows()
+    whole_mu, whole_logvar = vae.encode(torch.arange(32), y)
+    for i in (0, 7, 31):
+        one_mu, one_logvar = vae.encode(torch.tensor([i]), y[i:i + 1])
+        assert torch.equal(one_mu, whole_mu[i:i + 1]) and torch.equal(one_logvar, whole_logvar[i:i + 1])
