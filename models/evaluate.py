@@ -65,7 +65,7 @@ def classify(clf: nn.Module, images: torch.Tensor, batch: int = 1000) -> tuple[n
 
 @torch.no_grad()
 def generate_eval_set(gen: nn.Module, seed: int, batch: int = 500, progress: bool = True,
-                      per_class: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      per_class: int | None = None, truncation: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """10 x per_class (default SAMPLES_PER_CLASS) images, class-major; image i from seed + i with
     label i // per_class."""
     per_class = per_class or SAMPLES_PER_CLASS
@@ -73,7 +73,7 @@ def generate_eval_set(gen: nn.Module, seed: int, batch: int = 500, progress: boo
     labels = torch.arange(len(CLASS_NAMES)).repeat_interleave(per_class)
     out = []
     for i in tqdm(range(0, n, batch), desc="sampling", disable=not progress):
-        z, _ = seeded_latents(seed + i, min(batch, n - i), gen.cfg.latent_dim, len(CLASS_NAMES))
+        z, _ = seeded_latents(seed + i, min(batch, n - i), gen.cfg.latent_dim, len(CLASS_NAMES), truncation)
         out.append(gen.generate(z, labels[i:i + batch]))
     return torch.cat(out), labels
 
@@ -131,7 +131,7 @@ def vae_test_metrics(vae: nn.Module, x01: torch.Tensor, y: torch.Tensor, seed: i
 
 
 def evaluate(name: str, weights_dir: Path, data_dir: str | None, seed: int, docs_dir: Path | None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, truncation: float = 1.0) -> dict[str, Any]:
     torch.manual_seed(seed)
     card_path = weights_dir / f"{name}.json"
     module, card = load_model(card_path)
@@ -146,7 +146,7 @@ def evaluate(name: str, weights_dir: Path, data_dir: str | None, seed: int, docs
     train_x01, _ = to_tensors(load_split("train", data_dir), (0.0, 1.0))
     ref = torch.randperm(len(train_x01), generator=torch.Generator().manual_seed(seed))[:10_000]
     train_feats, _ = classify(clf, train_x01[ref] * 2.0 - 1.0)
-    images, labels = generate_eval_set(module, seed, progress=progress)
+    images, labels = generate_eval_set(module, seed, progress=progress, truncation=truncation)
     feats, preds = classify(clf, images)
     acc, per_class = conditional_accuracy(preds, labels.numpy())
     metrics: dict[str, Any] = {
@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="first sample seed (default 0)")
     p.add_argument("--docs-dir", default="docs", type=Path, help="where sample / reconstruction grids go")
     p.add_argument("--no-write", action="store_true", help="print the numbers without updating the card")
+    p.add_argument("--truncation", type=float, default=1.0,
+                   help="sample latents truncated as the API's truncation does (the card's numbers use 1.0; "
+                        "another value is printed, never written)")
     p.add_argument("--priors", action="store_true",
                    help="VAE: print samples under N(0, I) and the fitted prior, and reconstructions, side by side")
     args = p.parse_args(argv)
@@ -224,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         for what, numbers in vae_prior_ablation(args.name, args.weights_dir, args.data_dir, args.seed).items():
             print(f"{what}: " + ", ".join(f"{k} {v}" for k, v in numbers.items()))
         return 0
-    metrics = evaluate(args.name, args.weights_dir, args.data_dir, args.seed, args.docs_dir)
+    if args.truncation != 1.0:
+        args.no_write, args.docs_dir = True, None
+    metrics = evaluate(args.name, args.weights_dir, args.data_dir, args.seed, args.docs_dir, truncation=args.truncation)
     for k, v in metrics.items():
         print(f"{k}: {v}")
     if not args.no_write:

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from models.classifier import Classifier, ClassifierConfig
-from models.gan import Discriminator, GANConfig, Generator, d_hinge_loss, ema_update, g_hinge_loss
+from models.gan import (
+    Discriminator,
+    GANConfig,
+    Generator,
+    d_hinge_loss,
+    ema_update,
+    g_hinge_loss,
+)
 from models.vae import VAE, VAEConfig, kl_divergence, negative_elbo
 
 GAN_CFG = GANConfig(latent_dim=8, g_channels=16, d_channels=8, embed_dim=4)
@@ -245,7 +252,8 @@ def test_prior_maps_served_latent_to_decoder_latent_and_back():
 def test_prior_kl_matches_torch_distributions():
     """VAE.kl against the fitted prior equals KL(N(mu, diag var) || N(loc_y, L_y L_y^T)) of
     torch.distributions; with prior=0 it is the closed form against N(0, I)."""
-    from torch.distributions import MultivariateNormal, kl_divergence as td_kl
+    from torch.distributions import MultivariateNormal
+    from torch.distributions import kl_divergence as td_kl
 
     vae = fitted_vae(1)
     mu, logvar, y = torch.randn(5, 3), torch.randn(5, 3) * 0.5, labels(5)
