@@ -196,7 +196,7 @@ def vae_prior_ablation(name: str, weights_dir: Path, data_dir: str | None, seed:
     rows: dict[str, dict[str, float]] = {}
     if vae.cfg.prior:
         rows["samples, fitted prior"] = row(*generate_eval_set(vae, seed, progress=progress))
-        mu, logvar = vae.posterior(test_x01, test_y)
+        mu, _ = vae.posterior(test_x01, test_y)
         rows["reconstructions"] = {**row(vae.decode(mu, test_y) * 2.0 - 1.0, test_y),
                                    "test_elbo_nats": rows["samples, fitted prior"]["test_elbo_nats"]}
         vae.prior_loc.zero_()
