@@ -158,3 +158,38 @@ def test_generate_eval_set_deterministic_and_batch_size_free(monkeypatch, tiny_g
     for i in range(29):  # seed 8's image i shares seed 8 + i with seed 7's image i + 1
         if i // 3 == (i + 1) // 3:  # ... and, within a class block, its label
             assert torch.allclose(d[i], a[i + 1], atol=1e-5), i
+
+
+# -- the VAE prior ablation (evaluate --priors) and --truncation --
+
+def test_vae_prior_ablation_rows_and_truncation(tmp_path, monkeypatch):
+    """On synthetic IDX files: a prior=1 VAE gets three rows (fitted prior as served, N(0, I) with
+    the prior reset, reconstructions), each with FID, accuracy and the ELBO under that prior; a
+    prior=0 VAE gets two. Truncation reaches the sampled latents."""
+    from models.card import save_model
+    from models.vae import VAE, VAEConfig
+    from tests.models.test_train import write_fashion
+
+    monkeypatch.setattr(ev, "SAMPLES_PER_CLASS", 4)
+    data, weights = tmp_path / "data", tmp_path / "weights"
+    data.mkdir()
+    write_fashion(data, n_train=40, n_test=40)
+    save_model(Classifier(ClassifierConfig(channels=4, features=16)), name="fashion-classifier", kind="classifier",
+               out_dir=weights)
+    vae = VAE(VAEConfig(latent_dim=3, channels=4, hidden=16, prior=1))
+    vae.prior_loc.copy_(torch.randn(10, 3) * 3)
+    vae.prior_tril.copy_(torch.eye(3).repeat(10, 1, 1) * 0.5)
+    save_model(vae, name="fashion-vae", kind="vae", out_dir=weights)
+    rows = ev.vae_prior_ablation("fashion-vae", weights, str(data), 0, progress=False)
+    assert list(rows) == ["samples, fitted prior", "reconstructions", "samples, N(0, I)"]
+    fitted, plain = rows["samples, fitted prior"], rows["samples, N(0, I)"]
+    assert abs(fitted["test_elbo_nats"] - plain["test_elbo_nats"]) > 1  # a prior far from N(0, I): another KL
+    assert rows["reconstructions"]["test_elbo_nats"] == fitted["test_elbo_nats"]
+    assert all(0 <= r["accuracy"] <= 1 and r["fid"] >= 0 for r in rows.values())
+    save_model(VAE(VAEConfig(latent_dim=3, channels=4, hidden=16)), name="fashion-vae", kind="vae", out_dir=weights)
+    assert list(ev.vae_prior_ablation("fashion-vae", weights, str(data), 0, progress=False)) == [
+        "samples, N(0, I)", "reconstructions"]
+    gen = Generator(GANConfig(latent_dim=8, g_channels=16, d_channels=8, embed_dim=4)).eval()
+    full, _ = ev.generate_eval_set(gen, 0, progress=False)
+    truncated, _ = ev.generate_eval_set(gen, 0, progress=False, truncation=0.5)
+    assert not torch.allclose(full, truncated, atol=1e-3)
