@@ -2,9 +2,10 @@
 https://arxiv.org/abs/1312.6114; conditional form: Sohn et al., 2015).
 
 Interface as in pytorch/examples ``vae/main.py``: ``encode(x, y) -> (mu, logvar)``,
-``reparameterize(mu, logvar)``, ``decode(z, y)``. Pixels are modelled as Bernoulli with
-probabilities in [0, 1] (the data are scaled to [0, 1] for the loss); the serving interface
-``generate`` maps the decoder's mean to [-1, 1] like the GAN's output.
+``reparameterize(mu, logvar)``, ``decode(z, y)``. The decoder gives each pixel's mean in [0, 1]
+(the data are scaled to [0, 1] for the loss), the probability of a Bernoulli likelihood or the
+mean of a Gaussian one (``gaussian_reconstruction``; which one is a training choice, the module
+is the same); the serving interface ``generate`` maps it to [-1, 1] like the GAN's output.
 
 Loss = the negative ELBO per image: E_q[-log p(x | z, y)] + KL(q(z | x, y) || N(0, I)), with
 KL = -1/2 * sum(1 + logvar - mu^2 - exp(logvar)) (Kingma & Welling, Appendix B).
@@ -127,22 +128,24 @@ class VAE(nn.Module):
         mu, logvar = self.encoder(x, y)
         if not self.cfg.prior:
             return mu, logvar
+        mu_u, var_u = self._in_served_latent(mu, logvar, y)
+        return mu_u, var_u.log()
+
+    def _in_served_latent(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q's mean in u, L_y^-1 (mu - loc_y), and the diagonal of its covariance there."""
         inv = torch.linalg.inv(self.prior_tril)[y]  # (B, D, D): inverted per class, so no row depends on its batch
         mu_u = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
         var_u = (inv.pow(2) * logvar.exp()[:, None, :]).sum(-1)
-        return mu_u, var_u.log()
+        return mu_u, var_u
 
     def kl(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """KL(q(z | x, y) || p(z | y)) per row, (B,): q = N(mu, diag exp(logvar)) in z."""
         if not self.cfg.prior:
             return kl_divergence(mu, logvar)
-        tril = self.prior_tril[y]
-        eye = torch.eye(mu.shape[1], dtype=mu.dtype, device=mu.device).expand_as(tril)
-        inv = torch.linalg.solve_triangular(tril, eye, upper=False)  # L^-1
-        m = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
-        trace = (inv.pow(2) * logvar.exp()[:, None, :]).sum((1, 2))
-        logdet = logvar.sum(1) - 2.0 * torch.diagonal(tril, dim1=1, dim2=2).log().sum(1)
-        return 0.5 * (trace + m.pow(2).sum(1) - mu.shape[1] - logdet)
+        # in u the prior is N(0, I), and the KL is unchanged by the affine map
+        mu_u, var_u = self._in_served_latent(mu, logvar, y)
+        logdet = logvar.sum(1) - 2.0 * torch.diagonal(self.prior_tril[y], dim1=1, dim2=2).log().sum(1)
+        return 0.5 * (var_u.sum(1) + mu_u.pow(2).sum(1) - mu.shape[1] - logdet)
 
     def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         std = torch.exp(0.5 * logvar)  # sigma = exp(logvar / 2)
@@ -153,7 +156,7 @@ class VAE(nn.Module):
         return self.decoder(z, y)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Bernoulli means in [0, 1], (B, 1, 28, 28)."""
+        """The pixels' means in [0, 1], (B, 1, 28, 28)."""
         return torch.sigmoid(self.decoder(z, y))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
