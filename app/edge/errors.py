@@ -90,17 +90,24 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 FRAMEWORK_CODES = {413: "payload_too_large", 415: "unsupported_media_type"}
 
 
+def http_error(exc: StarletteHTTPException) -> tuple[int, dict, dict[str, str] | None]:
+    """(status, body, headers) for an HTTPException (the body limit's 413, the router's 404 and 405):
+    named by ``FRAMEWORK_CODES`` or by the status's phrase."""
+    if exc.status_code in FRAMEWORK_CODES:
+        code, message = FRAMEWORK_CODES[exc.status_code], str(exc.detail)
+    else:
+        code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in HTTPStatus._value2member_map_ else "error"
+        message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return exc.status_code, error_body(code, message), getattr(exc, "headers", None)
+
+
 async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
     if isinstance(exc.__cause__, ClientDisconnect):
         # FastAPI's body parsing turns a client gone mid-body into a 400 "error parsing the body":
         # counted and logged as 499 (client closed), as the fast path and /encode count it
         return Response(status_code=CLIENT_CLOSED)
-    if exc.status_code in FRAMEWORK_CODES:
-        return error_response(exc.status_code, FRAMEWORK_CODES[exc.status_code], str(exc.detail),
-                              headers=getattr(exc, "headers", None))
-    code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_") if exc.status_code in HTTPStatus._value2member_map_ else "error"
-    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
+    status, body, headers = http_error(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:

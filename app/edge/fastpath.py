@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.edge.asgi import route_path, send_json, send_response
+from app.edge.asgi import read_body, replay, route_path, send_json, send_response
 from app.edge.disconnect import ClientGone
-from app.edge.errors import CLIENT_CLOSED, error_body, internal_error, service_error
+from app.edge.errors import CLIENT_CLOSED, http_error, internal_error, service_error
 from app.edge.paths import FAST_RE, FAST_TEMPLATES
 from app.edge.routes.control import edit_image
 from app.edge.routes.generation import sample
@@ -47,16 +47,6 @@ def _is_json(scope: Scope) -> bool:
     return False
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A receive that gives the already-read body once, then whatever comes next."""
-    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def replay() -> Message:
-        return pending.pop() if pending else await receive()
-
-    return replay
-
-
 class FastPath:
     def __init__(self, app: ASGIApp, state: Any):
         self.app = app
@@ -72,30 +62,21 @@ class FastPath:
         model, operation = m.group(1), m.group(2) or m.group(3)
         schema, template = FAST_ROUTES[operation]
         scope["latentserve.route"] = template  # the route label in metrics and logs
-        chunks, more = [], True
         try:
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    # gone before its body arrived: nobody reads the answer, but the metrics and
-                    # the access log say 499 (client closed), as for a client gone while queued
-                    await send_response(send, CLIENT_CLOSED)
-                    return
-                chunks.append(message.get("body", b""))
-                more = message.get("more_body", False)
-        except HTTPException as e:  # the body limit (app.edge.middleware.BodyLimitMiddleware)
-            await send_json(send, e.status_code, error_body("payload_too_large", e.detail))
-            return
-        body = b"".join(chunks)
-        try:
-            request = schema.model_validate_json(body)
-        except ValidationError:
-            await self.app(scope, _replay(body, receive), send)
-            return
-        try:
+            body = await read_body(receive)
+            try:
+                request = schema.model_validate_json(body)
+            except ValidationError:
+                await self.app(scope, replay(body, receive), send)
+                return
             rendered = await _core(operation, self.state, scope, receive, model, request)
         except ClientGone:
+            # gone before its body arrived or while its rows were queued: nobody reads the answer,
+            # but the metrics and the access log say 499 (client closed)
             await send_response(send, CLIENT_CLOSED)
+            return
+        except HTTPException as e:  # the body limit (app.edge.middleware.BodyLimitMiddleware)
+            await send_json(send, *http_error(e))
             return
         except ServiceError as e:
             status, payload, headers = service_error(e, "POST", scope["path"], self.state.lifecycle.draining)

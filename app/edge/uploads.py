@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
-from starlette.requests import ClientDisconnect
 
+from app.edge.asgi import read_body, replay
+from app.edge.disconnect import ClientGone
 from app.engine import imaging
 from app.engine.exceptions import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from app.engine.service import label_spec
@@ -33,12 +34,12 @@ async def read_uploads(request: Request, settings: Any, label: str | None, inver
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     max_files = max_files or settings.max_images_per_request
     try:
-        body = await request.body()  # bounded by LATENTSERVE_MAX_UPLOAD_BYTES (BodyLimitMiddleware); kept for form()
-    except ClientDisconnect:  # an upload abandoned half-way: the client's doing, not a 500
+        body = await read_body(request.receive)  # bounded by LATENTSERVE_MAX_UPLOAD_BYTES (BodyLimitMiddleware)
+    except ClientGone:  # an upload abandoned half-way: the client's doing, not a 500
         return None
     labels: list[str] = [] if label is None else [label]
     if ctype == "multipart/form-data":
-        async with request.form(max_files=max_files, max_fields=max_files + 8) as form:
+        async with Request(request.scope, replay(body, request.receive)).form(max_files=max_files, max_fields=max_files + 8) as form:
             files = [f for f in form.getlist("file") if not isinstance(f, str)]
             form_labels = [v for v in form.getlist("label") if isinstance(v, str)]
             if labels and form_labels:

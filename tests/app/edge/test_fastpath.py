@@ -62,6 +62,25 @@ async def test_errors_are_the_same_on_both_paths(tiny_weights, fast_path_calls, 
     assert fast_path_calls == ([1] if on_fast_path else [])  # the comparison was not vacuous
 
 
+async def test_a_streamed_body_over_the_limit_is_the_same_413_on_both_paths(tiny_weights, monkeypatch):
+    """No Content-Length: the limit trips while the body streams in, inside the shared body
+    reader on the fast path and inside the route's body parsing on the other."""
+    reads = count_fast_path_calls(monkeypatch, "read_body")
+    chunks = [b'{"seed": 1, "n": 1', b" " * 1100, b"}"]
+
+    async def stream():
+        for chunk in chunks:
+            yield chunk
+
+    async with both(tiny_weights, max_body_bytes=1024) as ((_, fast), (_, slow)):
+        a = await fast.post(f"{GAN}/samples", content=stream(), headers={"content-type": "application/json"})
+        b = await slow.post(f"{GAN}/samples", content=stream(), headers={"content-type": "application/json"})
+    assert a.status_code == 413 and a.json()["error"]["code"] == "payload_too_large"
+    assert "LATENTSERVE_MAX_BODY_BYTES" in a.json()["error"]["message"]
+    same(a, b)
+    assert reads == [1]  # the fast path read (and refused) the first body
+
+
 async def test_not_ready_and_draining_are_503_on_the_fast_path(tiny_weights):
     async with both(tiny_weights) as ((fast_app, fast), (slow_app, slow)):
         for app in (fast_app, slow_app):
