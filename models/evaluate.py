@@ -85,19 +85,20 @@ def conditional_accuracy(preds: np.ndarray, labels: np.ndarray) -> tuple[float, 
 
 @torch.no_grad()
 def fid_probe(classifier_card: Path, data_dir: str | None, samples: int = 2000,
-              device: torch.device | str = "cpu") -> Callable[[nn.Module], float]:
-    """A function gen -> FID of ``samples`` seeded samples (seeds 0.., class-major) against the
-    10,000 test images, in the shipped classifier's features: the training curve's measure (fewer
-    samples than the card's 10,000, so its values are higher; compare curves with curves)."""
+              device: torch.device | str = "cpu") -> Callable[[nn.Module], dict[str, float]]:
+    """A function gen -> {"value": FID, "accuracy": conditional accuracy} of ``samples`` seeded
+    samples (seeds 0.., class-major) against the 10,000 test images, in the shipped classifier's
+    features: the training curve's measure (fewer samples than the card's 10,000, so its FID is
+    higher; compare curves with curves)."""
     clf, _ = load_model(classifier_card, device=device)
     test_x, _ = to_tensors(load_split("test", data_dir), (0.0, 1.0))
     test_feats, _ = classify(clf, (test_x * 2.0 - 1.0).to(device))
     per_class = max(1, samples // len(CLASS_NAMES))
 
-    def probe(gen: nn.Module) -> float:
-        images, _ = generate_eval_set(gen, 0, progress=False, per_class=per_class)
-        feats, _ = classify(clf, images)
-        return round(fid(feats, test_feats), 3)
+    def probe(gen: nn.Module) -> dict[str, float]:
+        images, labels = generate_eval_set(gen, 0, progress=False, per_class=per_class)
+        feats, preds = classify(clf, images)
+        return {"value": round(fid(feats, test_feats), 3), "accuracy": conditional_accuracy(preds, labels.numpy())[0]}
 
     return probe
 

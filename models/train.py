@@ -196,13 +196,20 @@ class Trainer:
 
 def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False,
         progress: bool = True, max_steps: int | None = None,
-        probe: Callable[[nn.Module], float] | None = None, probe_every_s: float = 0.0) -> tuple[Trainer, dict[str, Any]]:
+        probe: Callable[[nn.Module], float | dict[str, float]] | None = None, probe_every_s: float = 0.0,
+        keep_best: bool = False) -> tuple[Trainer, dict[str, Any]]:
     """Train on x: (N, 1, 28, 28) float in [0, 1], y: (N,) int64. Returns the trainer and a log.
 
     With ``probe`` (e.g. models.evaluate.fid_probe), the final module (the GAN's EMA, the VAE) is
     measured every ``probe_every_s`` seconds of training and at the end: the quality-versus-time
-    curve, in the log and in ``<run-dir>/curve.json``. The clock stops while a probe runs, so the
-    curve's times (and the card's wall time) are training time alone."""
+    curve, in the log and in ``<run-dir>/curve.json``. A probe returns the curve's value (lower is
+    better) or a dict with it under "value" and other numbers beside it. The clock stops while a
+    probe runs, so the curve's times (and the card's wall time) are training time alone.
+
+    ``keep_best`` (the GAN only): the final module ends as it was at the curve's lowest point, a
+    snapshot kept in memory and in the checkpoint; the log's "selected" names that point."""
+    if keep_best and (probe is None or cfg.kind != "gan"):
+        raise ValueError("keep_best needs a probe and a GAN (a VAE's prior is fitted after its last step)")
     device = pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -213,6 +220,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
     epoch, pos, global_step, elapsed = 0, 0, 0, 0.0
     history: list[dict[str, float]] = []
     curve: list[dict[str, float]] = []  # (training seconds, step, probe value)
+    best: dict[str, Any] = {}  # keep_best: {"point": curve point, "state": the final module's state}
     sums: dict[str, float] = {}  # running loss sums of the current epoch
     steps_done = 0
     if resume and ckpt_path.exists():
@@ -221,7 +229,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         trainer.load_state_dict(state["trainer"])
         epoch, pos, global_step, elapsed = state["epoch"], state["pos"], state["global_step"], state["elapsed"]
-        history, curve = state["history"], state.get("curve", [])
+        history, curve, best = state["history"], state.get("curve", []), state.get("best", {})
         sums, steps_done = state.get("epoch_sums", {}), state.get("epoch_steps", 0)
         print(f"resumed from {ckpt_path}: epoch {epoch}, batch {pos}, step {global_step}", file=sys.stderr)
 
@@ -229,7 +237,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         tmp = ckpt_path.with_suffix(".tmp")
         torch.save({"trainer": trainer.state_dict(), "epoch": epoch, "pos": pos, "global_step": global_step,
                     "elapsed": elapsed + time.perf_counter() - t0, "history": history, "curve": curve,
-                    "epoch_sums": sums, "epoch_steps": steps_done}, tmp)
+                    "best": best, "epoch_sums": sums, "epoch_steps": steps_done}, tmp)
         os.replace(tmp, ckpt_path)
 
     def measure() -> None:
@@ -240,10 +248,13 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         module.eval()
         value = probe(module)
         module.train(was_training)
-        curve.append({"train_s": round(elapsed + started - t0, 1), "step": global_step, "value": value})
+        numbers = value if isinstance(value, dict) else {"value": value}
+        curve.append({"train_s": round(elapsed + started - t0, 1), "step": global_step, **numbers})
         (run_dir / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+        if keep_best and (not best or numbers["value"] < best["point"]["value"]):
+            best.update(point=curve[-1], state={k: v.detach().clone() for k, v in module.state_dict().items()})
         if progress:
-            print(f"step {global_step}, {curve[-1]['train_s']:.0f} s: {value}", file=sys.stderr)
+            print(f"step {global_step}, {curve[-1]['train_s']:.0f} s: {numbers}", file=sys.stderr)
         t0 += time.perf_counter() - started  # the clock stops while the probe runs
 
     n = len(x)
@@ -287,9 +298,11 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
     trainer.finish(x, y)
     if probe is not None and (not curve or curve[-1]["step"] != global_step):
         measure()
+    if best:
+        trainer.final_module().load_state_dict(best["state"])
     trainer.sample_grid(run_dir / "samples_final.png")
     log = {"steps": global_step, "wall_time_s": round(elapsed + time.perf_counter() - t0, 1), "history": history,
-           **({"curve": curve} if probe is not None else {})}
+           **({"curve": curve} if probe is not None else {}), **({"selected": best["point"]} if best else {})}
     return trainer, log
 
 
@@ -339,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="every this many seconds of training, FID of --curve-samples samples in the shipped "
                         "classifier's features (the quality-versus-time curve; <run-dir>/curve.json and the card)")
     p.add_argument("--curve-samples", type=int, default=2000)
+    p.add_argument("--keep-best", action="store_true",
+                   help="GAN: ship the EMA generator as it was at the curve's lowest FID, not at the last step")
     p.add_argument("--classifier", default="weights/fashion-classifier.json", help="the features of the curve's FID")
     p.add_argument("--version", default="1.0.0", help="the card's version (it is part of every ETag the service sends)")
     p.add_argument("--name", default="", help="model name for the card and files (default: fashion-<kind>)")
@@ -357,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         from models.evaluate import fid_probe  # the classifier and test features: only for a curve
 
         probe = fid_probe(Path(args.classifier), args.data_dir, args.curve_samples, cfg.device)
-    trainer, log = run(cfg, x, y, resume=args.resume, probe=probe, probe_every_s=args.curve_every_s)
+    if args.keep_best and (probe is None or args.kind != "gan"):
+        raise SystemExit("--keep-best selects a GAN snapshot on the curve: it needs gan and --curve-every-s")
+    trainer, log = run(cfg, x, y, resume=args.resume, probe=probe, probe_every_s=args.curve_every_s,
+                       keep_best=args.keep_best)
     module = trainer.final_module()
     metrics: dict[str, Any] = {}
     if args.kind == "classifier":
@@ -376,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],
         "history": log["history"], **({"curve": {"measure": f"FID of {args.curve_samples} samples against the test set in the shipped "
-                                  "classifier's features", "points": log["curve"]}} if "curve" in log else {}), "command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+                                  "classifier's features", "points": log["curve"]}} if "curve" in log else {}),
+        **({"selected": {**log["selected"], "rule": "the EMA generator at the curve's lowest FID (--keep-best)"}}
+           if "selected" in log else {}), "command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
         "classes": list(CLASS_NAMES),
     }
     card = save_model(module, name=cfg.name, kind=args.kind, out_dir=cfg.out, version=args.version, training=training, metrics=metrics)

@@ -236,6 +236,34 @@ def test_the_curve_probes_the_final_module_on_its_clock_and_stops_it_while_probi
     assert json.loads((tmp_path / "curve.json").read_text()) == curve
 
 
+def test_keep_best_ends_on_the_curves_lowest_point_and_names_it(tmp_path):
+    """The probe's values dip at the third point: the shipped EMA is the one probed there, not the
+    last one, and the curve keeps every point with the probe's other numbers."""
+    x, y = patterns(96)
+    cfg = config("gan", tmp_path, epochs=2)
+    values, snapshots = iter([5.0, 4.0, 1.0, 3.0, 2.0, 6.0, 7.0, 8.0]), []
+
+    def probe(module):
+        snapshots.append({k: v.clone() for k, v in module.state_dict().items()})
+        return {"value": next(values), "accuracy": 0.5}
+
+    trainer, log = run(cfg, x, y, progress=False, probe=probe, probe_every_s=1e-9, keep_best=True)
+    assert len(log["curve"]) == log["steps"] == 6 and all(p["accuracy"] == 0.5 for p in log["curve"])
+    assert log["selected"] == log["curve"][2] and log["selected"]["value"] == 1.0
+    final = trainer.final_module().state_dict()
+    assert all(torch.equal(final[k], snapshots[2][k]) for k in final)
+    assert not all(torch.equal(snapshots[2][k], snapshots[-1][k]) for k in final)  # it did move after
+
+
+def test_keep_best_is_refused_without_a_probe_or_for_a_vae(tmp_path):
+    x, y = patterns(32)
+    with pytest.raises(ValueError, match="keep_best"):
+        run(config("gan", tmp_path, epochs=1), x, y, progress=False, keep_best=True)
+    with pytest.raises(ValueError, match="keep_best"):
+        run(config("vae", tmp_path, epochs=1), x, y, progress=False, probe=lambda m: 1.0, probe_every_s=1.0,
+            keep_best=True)
+
+
 def test_without_a_probe_there_is_no_curve(tmp_path):
     x, y = patterns(64)
     _, log = run(config("vae", tmp_path, epochs=1), x, y, progress=False)
