@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_e2e import start_server
+from tests.conftest import start_server
 
 
 def copy_weights(src: Path, dst: Path) -> Path:

@@ -168,7 +168,7 @@ def test_vae_prior_ablation_rows_and_truncation(tmp_path, monkeypatch):
     prior=0 VAE gets two. Truncation reaches the sampled latents."""
     from models.card import save_model
     from models.vae import VAE, VAEConfig
-    from tests.models.test_train import write_fashion
+    from tests.models.conftest import write_fashion
 
     monkeypatch.setattr(ev, "SAMPLES_PER_CLASS", 4)
     data, weights = tmp_path / "data", tmp_path / "weights"
