@@ -3,7 +3,7 @@
     python -m bench.train_step                 # the shipped recipe's step (batch 64), 2 threads
     python -m bench.train_step --steps 60 --threads 2
 
-Prints (1) steps per second of ``models.train.Trainer`` steps on random images, for the shipped
+Prints (1) steps per second of ``models.trainer.Trainer`` steps on random images, for the shipped
 recipe and for the levers the curve could try (channels-last memory, batch 128), medians of
 ``--repeats`` timed runs measured side by side; (2) a torch.profiler table of one timed run,
 self CPU time by operator and by phase (G forward, D forward, backward passes, optimiser steps,
@@ -20,7 +20,7 @@ from collections import defaultdict
 
 import torch
 
-from models.train import DEFAULTS, TrainConfig, Trainer
+from models.trainer import DEFAULTS, TrainConfig, Trainer
 
 
 def trainer(batch: int, channels_last: bool) -> tuple[Trainer, torch.Tensor, torch.Tensor]:
@@ -45,64 +45,34 @@ def steps_per_s(t: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int) -> flo
     return steps / (time.perf_counter() - start)
 
 
-def phase_of(name: str) -> str | None:
-    for phase in ("G forward", "D forward", "D backward", "G backward", "optimisers", "EMA"):
-        if name == phase:
-            return phase
-    return None
+PHASES = ("G forward", "D forward", "D backward", "G backward", "optimisers", "EMA")  # Trainer._step_gan's
 
 
 def profile(steps: int) -> None:
-    """One profiled run of the shipped step, its phases marked with record_function."""
-    from torch.profiler import ProfilerActivity, record_function
+    """One profiled run of the shipped step, by the phases ``Trainer._step_gan`` names."""
+    from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-
-    from models.gan import d_hinge_loss, ema_decay_at, ema_update, g_hinge_loss
 
     t, x, y = trainer(DEFAULTS["gan"][1], channels_last=False)
     t.set_train(True)
-
-    def step() -> None:
-        t.steps += 1
-        xs = x * 2.0 - 1.0
-        with record_function("G forward"):
-            fake = t.g(t.randn(len(xs), t.g.cfg.latent_dim), y)
-        with record_function("D forward"):
-            loss_d = d_hinge_loss(t.d(xs, y), t.d(fake.detach(), y))
-        t.opt_d.zero_grad(set_to_none=True)
-        with record_function("D backward"):
-            loss_d.backward()
-        with record_function("optimisers"):
-            t.opt_d.step()
-        with record_function("D forward"):
-            loss_g = g_hinge_loss(t.d(fake, y))
-        t.opt_g.zero_grad(set_to_none=True)
-        with record_function("G backward"):
-            loss_g.backward()
-        with record_function("optimisers"):
-            t.opt_g.step()
-        with record_function("EMA"):
-            ema_update(t.ema, t.g, ema_decay_at(t.steps, t.cfg.ema_decay, t.cfg.ema_rampup))
-
     for _ in range(5):
-        step()
+        t.step(x, y)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
-            step()
+            t.step(x, y)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     phases: dict[str, float] = defaultdict(float)
     for e in events:
-        phase = phase_of(e.key)
-        if phase:
-            phases[phase] += e.cpu_time_total
+        if e.key in PHASES:
+            phases[e.key] += e.cpu_time_total
     print(f"\nprofiled {steps} steps: {total / 1e3 / steps:.1f} ms of self CPU time per step")
     print("phase (inclusive CPU time per step):")
     for phase, us in sorted(phases.items(), key=lambda kv: -kv[1]):
         print(f"  {phase:<12} {us / 1e3 / steps:7.2f} ms  {100 * us / total:5.1f}%")
     print("operators (self CPU time per step, top 14):")
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:14]:
-        if phase_of(e.key):
+        if e.key in PHASES:
             continue
         print(f"  {e.key:<40} {e.self_cpu_time_total / 1e3 / steps:7.2f} ms  {100 * e.self_cpu_time_total / total:5.1f}%"
               f"  ({e.count // steps} calls)")

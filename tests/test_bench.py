@@ -289,3 +289,25 @@ def test_the_plain_server_loads_its_model_at_start_up_with_the_threads_asked(tin
         assert threads[0] == 1  # in the threadpool, as asked
     finally:
         torch.set_num_threads(before)
+
+
+def test_train_step_prints_every_variant_and_the_step_phases(capsys):
+    """bench.train_step on one step per run: its three variants and the six phases that
+    Trainer._step_gan names for the profiler, each with a time."""
+    import re
+
+    import torch
+
+    from bench import train_step
+
+    threads = torch.get_num_threads()
+    try:
+        assert train_step.main(["--steps", "1", "--repeats", "1", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # main sets the process's threads
+    out = capsys.readouterr().out
+    for variant in ("shipped (batch 64)", "channels-last (batch 64)", "batch 128"):
+        assert re.search(re.escape(variant) + r"\s+\d+\.\d+ steps/s", out), variant
+    for phase in train_step.PHASES:
+        assert re.search(rf"^  {re.escape(phase)}\s+\d+\.\d+ ms", out, re.M), phase
+    assert "aten::convolution_backward" in out

@@ -10,7 +10,8 @@ from PIL import Image
 
 from models.card import load_model
 from models.gan import GANConfig, Generator
-from models.train import TrainConfig, main, run
+from models.train import main, run
+from models.trainer import TrainConfig
 from tests.models.conftest import patterns, write_fashion
 
 SMALL = {

@@ -1,0 +1,194 @@
+"""What one training step is, for each kind: the modules and optimisers (``Trainer``), their
+checkpoint state, one optimisation step, and the settings of a run (``TrainConfig``). The loop
+over epochs, the curve and the CLI are in ``models.train``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from models.classifier import Classifier, ClassifierConfig
+from models.gan import Discriminator, GANConfig, Generator, d_hinge_loss, ema_decay_at, ema_update, g_hinge_loss
+from models.images import save_grid
+from models.vae import VAE, VAEConfig, gaussian_reconstruction, kl_divergence, negative_elbo
+
+NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
+DEFAULTS = {  # kind -> (epochs, batch size, lr)
+    "gan": (5, 64, 2e-4),
+    "vae": (10, 128, 1e-3),
+    "classifier": (4, 128, 1e-3),
+}
+
+
+@dataclass
+class TrainConfig:
+    kind: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int = 0
+    device: str = "cpu"
+    out: str = "weights"
+    run_dir: str = ""
+    name: str = ""
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    ema_decay: float = 0.999
+    ema_rampup: float = 0.05  # the EMA's half-life is at most this share of the steps taken (0: off)
+    threads: int = 0
+    likelihood: str = "bernoulli"  # VAE: "bernoulli" or "gaussian" (one learned-by-formula sigma)
+    channels_last: bool = False  # NHWC weights and batches: oneDNN's faster convolutions on a CPU
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or NAMES[self.kind]
+        self.run_dir = self.run_dir or os.path.join("runs", self.kind)
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+class Trainer:
+    """Holds the modules and optimisers of one kind and knows how to take one step."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        torch.manual_seed(cfg.seed)
+        adam = dict(lr=cfg.lr, betas=(0.0, 0.9)) if cfg.kind == "gan" else dict(lr=cfg.lr)
+        if cfg.kind == "gan":
+            mcfg = GANConfig(**cfg.model)
+            self.g, self.d = Generator(mcfg).to(device), Discriminator(mcfg).to(device)
+            self.ema = copy.deepcopy(self.g).requires_grad_(False)
+            self.opt_g = torch.optim.Adam(self.g.parameters(), **adam)
+            self.opt_d = torch.optim.Adam(self.d.parameters(), **{**adam, "lr": 2 * cfg.lr})  # TTUR
+        elif cfg.kind == "vae":
+            self.vae = VAE(VAEConfig(**cfg.model)).to(device)
+            self.opt = torch.optim.Adam(self.vae.parameters(), **adam)
+        else:
+            self.clf = Classifier(ClassifierConfig(**cfg.model)).to(device)
+            self.opt = torch.optim.Adam(self.clf.parameters(), **adam)
+        if cfg.channels_last:
+            for module in self.modules().values():
+                module.to(memory_format=torch.channels_last)
+        self.noise = torch.Generator().manual_seed(cfg.seed + 1)  # CPU stream for z / eps
+        self.steps = 0  # optimisation steps taken (the EMA's ramp counts them)
+
+    # -- checkpoint state: only tensors, dicts, lists and numbers (weights_only-safe) --
+    def modules(self) -> dict[str, nn.Module]:
+        return {k: getattr(self, k) for k in ("g", "d", "ema", "vae", "clf") if hasattr(self, k)}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {k: getattr(self, k) for k in ("opt_g", "opt_d", "opt") if hasattr(self, k)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"modules": {k: m.state_dict() for k, m in self.modules().items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+                "noise": self.noise.get_state(), "torch_rng": torch.get_rng_state(), "steps": self.steps,
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {})}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules().items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+        self.steps = state.get("steps", 0)
+        # random states are CPU byte tensors, whatever device the checkpoint was mapped to
+        self.noise.set_state(state["noise"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda" and "cuda_rng" in state:  # dropout on the GPU draws from it
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=self.noise).to(self.device)
+
+    # -- one optimisation step; returns numbers for the progress bar --
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        self.steps += 1
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return getattr(self, f"_step_{self.cfg.kind}")(x, y)
+
+    def _step_gan(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        # phases named for torch.profiler (python -m bench.train_step); no cost without a profiler
+        x = x * 2.0 - 1.0  # [0, 1] -> [-1, 1]
+        with record_function("G forward"):
+            fake = self.g(self.randn(len(x), self.g.cfg.latent_dim), y)
+        with record_function("D forward"):
+            loss_d = d_hinge_loss(self.d(x, y), self.d(fake.detach(), y))
+        self.opt_d.zero_grad(set_to_none=True)
+        with record_function("D backward"):
+            loss_d.backward()
+        with record_function("optimisers"):
+            self.opt_d.step()
+        with record_function("D forward"):
+            loss_g = g_hinge_loss(self.d(fake, y))  # reuse fake: G's graph is still valid
+        self.opt_g.zero_grad(set_to_none=True)
+        with record_function("G backward"):
+            loss_g.backward()
+        with record_function("optimisers"):
+            self.opt_g.step()
+        with record_function("EMA"):
+            ema_update(self.ema, self.g, ema_decay_at(self.steps, self.cfg.ema_decay, self.cfg.ema_rampup))
+        return {"d": loss_d.item(), "g": loss_g.item()}
+
+    def _step_vae(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        # trained against N(0, I); a fitted prior (prior=1) is fitted after the last step
+        mu, logvar = self.vae.posterior(x, y)
+        z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
+        logits = self.vae.decode_logits(z, y)
+        if self.cfg.likelihood == "gaussian":
+            nll, sigma = gaussian_reconstruction(logits, x)
+            kl = kl_divergence(mu, logvar)
+            rec, kl, loss = nll.mean(), kl.mean(), (nll + kl).mean()
+        else:
+            rec, kl, loss = negative_elbo(logits, x, mu, logvar)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        logs = {"rec": rec.item(), "kl": kl.item()}
+        return {**logs, "sigma": sigma.item()} if self.cfg.likelihood == "gaussian" else logs
+
+    def finish(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """After the last step: a VAE with prior=1 fits its prior to the training images' posterior."""
+        if self.cfg.kind == "vae" and self.vae.cfg.prior:
+            self.vae.fit_prior(x, y)
+
+    def _step_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        loss = F.cross_entropy(self.clf(x * 2.0 - 1.0), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return {"loss": loss.item()}
+
+    def set_train(self, train: bool) -> None:
+        for k, m in self.modules().items():
+            m.train(train and k != "ema")
+
+    def final_module(self) -> nn.Module:
+        return {"gan": getattr(self, "ema", None), "vae": getattr(self, "vae", None),
+                "classifier": getattr(self, "clf", None)}[self.cfg.kind]
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path) -> None:
+        """One row per class, 10 columns, fixed latents."""
+        gen = self.final_module()
+        if self.cfg.kind == "classifier":
+            return
+        was_training = gen.training
+        gen.eval()
+        latent = gen.cfg.latent_dim
+        z = torch.randn(100, latent, generator=torch.Generator().manual_seed(1234)).to(self.device)
+        y = torch.arange(10, device=self.device).repeat_interleave(10)
+        save_grid(gen.generate(z, y), path, columns=10, scale=2)
+        gen.train(was_training)
