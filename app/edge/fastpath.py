@@ -67,9 +67,9 @@ class FastPath:
             try:
                 request = schema.model_validate_json(body)
             except ValidationError:
-                await self.app(scope, replay(body, receive), send)
-                return
-            rendered = await _core(operation, self.state, scope, receive, model, request)
+                request = None  # the route answers it (below, outside these handlers): the same 422
+            else:
+                rendered = await _core(operation, self.state, scope, receive, model, request)
         except ClientGone:
             # gone before its body arrived or while its rows were queued: nobody reads the answer,
             # but the metrics and the access log say 499 (client closed)
@@ -85,5 +85,8 @@ class FastPath:
         except Exception as e:  # noqa: BLE001 - as the app's last-resort handler: a 500 with an error id
             status, payload, headers = internal_error("POST", scope["path"], e)
             await send_json(send, status, payload, headers)
+            return
+        if request is None:
+            await self.app(scope, replay(body, receive), send)
             return
         await send_response(send, 200, rendered.body, rendered.media_type, rendered.headers)

@@ -39,7 +39,8 @@ async def read_uploads(request: Request, settings: Any, label: str | None, inver
         return None
     labels: list[str] = [] if label is None else [label]
     if ctype == "multipart/form-data":
-        async with Request(request.scope, replay(body, request.receive)).form(max_files=max_files, max_fields=max_files + 8) as form:
+        again = Request(request.scope, replay(body, request.receive))  # form() reads the body we hold
+        async with again.form(max_files=max_files, max_fields=max_files + 8) as form:
             files = [f for f in form.getlist("file") if not isinstance(f, str)]
             form_labels = [v for v in form.getlist("label") if isinstance(v, str)]
             if labels and form_labels:
