@@ -171,16 +171,23 @@ def test_help_mentions_resume(capsys):
     assert "--resume" in out and "--data-dir" in out
 
 
-@pytest.mark.parametrize("kind", ["classifier", "vae"])
-def test_cli_trains_and_writes_card(tmp_path, kind):
-    """`python -m models.train KIND` on synthetic files writes loadable weights and a card."""
+def train_cli(tmp_path, kind, *flags):
+    """``python -m models.train KIND`` on synthetic IDX files (batch 32, no sample grids) with
+    ``flags``; asserts it succeeded and returns the folder with the weights and card."""
     data = tmp_path / "data"
     data.mkdir()
     write_fashion(data)
     out = tmp_path / "weights"
-    rc = main([kind, "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--data-dir", str(data),
-               "--out", str(out), "--run-dir", str(tmp_path / "run"), "--sample-every", "0"])
+    rc = main([kind, "--batch-size", "32", "--device", "cpu", "--data-dir", str(data), "--out", str(out),
+               "--run-dir", str(tmp_path / "run"), "--sample-every", "0", *flags])
     assert rc == 0
+    return out
+
+
+@pytest.mark.parametrize("kind", ["classifier", "vae"])
+def test_cli_trains_and_writes_card(tmp_path, kind):
+    """`python -m models.train KIND` on synthetic files writes loadable weights and a card."""
+    out = train_cli(tmp_path, kind, "--epochs", "1")
     name = f"fashion-{kind}"
     card = json.loads((out / f"{name}.json").read_text())
     assert card["kind"] == kind
@@ -259,15 +266,8 @@ def test_keep_best_ends_on_the_curves_lowest_point_and_names_it(tmp_path):
 def test_cli_gan_with_a_curve_keep_best_and_channels_last(tmp_path):
     """The GAN's recipe flags end to end: the curve in the shipped classifier's features (FID and
     accuracy per point), the selected point named in the card, NHWC named in the card."""
-    data = tmp_path / "data"
-    data.mkdir()
-    write_fashion(data)
-    out = tmp_path / "weights"
-    rc = main(["gan", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--data-dir", str(data),
-               "--out", str(out), "--run-dir", str(tmp_path / "run"), "--sample-every", "0", "--channels-last",
-               "--keep-best", "--curve-every-s", "1e-9", "--curve-samples", "20"]
-              + [f"--model={k}={v}" for k, v in SMALL["gan"].items()])
-    assert rc == 0
+    out = train_cli(tmp_path, "gan", "--epochs", "1", "--channels-last", "--keep-best", "--curve-every-s", "1e-9",
+                    "--curve-samples", "20", *[f"--model={k}={v}" for k, v in SMALL["gan"].items()])
     training = json.loads((out / "fashion-gan.json").read_text())["training"]
     points = training["curve"]["points"]
     assert [p["step"] for p in points] == [1, 2] and all(0.0 <= p["accuracy"] <= 1.0 for p in points)
@@ -312,15 +312,8 @@ def test_cli_trains_a_gaussian_vae_with_a_fitted_prior(tmp_path):
     """--likelihood gaussian --model prior=1: the loss is the Gaussian NLL at the ML sigma (logged
     per epoch), the prior is fitted to the training posterior after the last step, the card says
     both and its version, and the loaded model decodes an encoded image to its reconstruction."""
-    data = tmp_path / "data"
-    data.mkdir()
-    write_fashion(data)
-    out = tmp_path / "weights"
-    rc = main(["vae", "--epochs", "2", "--batch-size", "32", "--device", "cpu", "--data-dir", str(data),
-               "--out", str(out), "--run-dir", str(tmp_path / "run"), "--sample-every", "0", "--likelihood",
-               "gaussian", "--version", "2.0.0"] + [f"--model={k}={v}" for k, v in SMALL["vae"].items()]
-              + ["--model", "prior=1"])
-    assert rc == 0
+    out = train_cli(tmp_path, "vae", "--epochs", "2", "--likelihood", "gaussian", "--version", "2.0.0",
+                    *[f"--model={k}={v}" for k, v in SMALL["vae"].items()], "--model", "prior=1")
     card = json.loads((out / "fashion-vae.json").read_text())
     assert card["version"] == "2.0.0" and card["config"]["prior"] == 1
     assert card["training"]["likelihood"] == "gaussian" and "aggregate posterior" in card["training"]["prior"]
