@@ -8,7 +8,11 @@ image depends only on its own (z, y), and an EMA copy of the weights needs no ru
 The label enters as an embedding concatenated to z and as a learned per-block bias.
 
 Discriminator: spectral-normalised convolutions (Miyato et al., 2018) with a projection head
-(Miyato & Koyama, 2018): D(x, y) = psi(phi(x)) + <embed(y), phi(x)>.
+(Miyato & Koyama, 2018): D(x, y) = psi(phi(x)) + <embed(y), phi(x)>. Optionally (training's
+``--aux-classifier W``) a class head on the same features, as in AC-GAN (Odena et al., 2017): D
+learns to name the class of *real* images, G is pushed to make images that head names as asked
+(``aux_class_loss``). It is trained on real images only, so it is a classifier of the data, and
+the term adds W * cross-entropy to each player's loss; it is not part of the shipped generator.
 
 Loss: the hinge version of the GAN game (Lim & Ye, 2017; used by SAGAN and BigGAN).
 The classic minimax objective is min_G max_D E[log D(x)] + E[log(1 - D(G(z)))]. With logits
@@ -98,7 +102,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, cfg: GANConfig):
+    def __init__(self, cfg: GANConfig, classify: bool = False):
         super().__init__()
         c = cfg.d_channels
         self.body = nn.Sequential(
@@ -111,11 +115,18 @@ class Discriminator(nn.Module):
         )
         self.head = spectral_norm(nn.Linear(c * 4, 1))
         self.project = spectral_norm(nn.Embedding(cfg.num_classes, c * 4))
+        self.classes = spectral_norm(nn.Linear(c * 4, cfg.num_classes)) if classify else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: (B, 1, 28, 28), y: (B,) -> logits (B,)."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor, with_classes: bool = False):
+        """x: (B, 1, 28, 28), y: (B,) -> logits (B,); with_classes (a D built with classify=True):
+        (logits, class logits (B, num_classes)) from one pass."""
         phi = self.body(x).sum(dim=(2, 3))  # (B, 4c): global sum pooling
-        return self.head(phi).squeeze(1) + (self.project(y) * phi).sum(dim=1)
+        d = self.head(phi).squeeze(1) + (self.project(y) * phi).sum(dim=1)
+        if not with_classes:
+            return d
+        if self.classes is None:
+            raise ValueError("this discriminator has no class head (build it with classify=True)")
+        return d, self.classes(phi)
 
 
 def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
@@ -124,6 +135,11 @@ def d_hinge_loss(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
 
 def g_hinge_loss(d_fake: torch.Tensor) -> torch.Tensor:
     return -d_fake.mean()
+
+
+def aux_class_loss(class_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The AC-GAN term: cross-entropy of D's class head against the class asked for."""
+    return F.cross_entropy(class_logits, y)
 
 
 def ema_decay_at(step: int, decay: float, rampup: float) -> float:

@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema-rampup", type=float, default=0.05,
                    help="GAN: the EMA's half-life is at most this share of the steps taken; 0 keeps the decay "
                         "(0.999) from the first step")
+    p.add_argument("--aux-classifier", type=float, default=0.0, metavar="W",
+                   help="GAN: add a class head to D (trained on real images) and W x its cross-entropy to both "
+                        "losses (AC-GAN), pushing G toward class-true images; 0 (default) is off")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC weights and batches (a GAN step is about 1.1x as fast on a 2-core CPU: "
@@ -203,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(kind=args.kind, epochs=args.epochs or epochs, batch_size=args.batch_size or batch,
                       lr=args.lr or lr, seed=args.seed, device=str(pick_device(args.device)), out=args.out,
                       run_dir=args.run_dir, threads=args.threads, ema_rampup=args.ema_rampup, likelihood=args.likelihood,
-                      channels_last=args.channels_last, checkpoint_every=args.checkpoint_every,
+                      channels_last=args.channels_last, aux_classifier=args.aux_classifier, checkpoint_every=args.checkpoint_every,
                       sample_every=args.sample_every, name=args.name, model=parse_model_sizes(args.model))
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
     probe = None
     if args.curve_every_s and args.kind != "classifier":
-        from models.evaluate import fid_probe  # the classifier and test features: only for a curve
+        from models.evaluate import (
+            fid_probe,  # the classifier and test features: only for a curve
+        )
 
         probe = fid_probe(Path(args.classifier), args.data_dir, args.curve_samples, cfg.device)
     if args.keep_best and (probe is None or args.kind != "gan"):
@@ -232,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        "aggregate posterior"} if cfg.model.get("prior") else {})}
            if args.kind == "vae" else {}),
         **({"channels_last": True} if cfg.channels_last else {}),
+        **({"aux_classifier": cfg.aux_classifier} if cfg.aux_classifier else {}),
         "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],
         "history": log["history"], **({"curve": {"measure": f"FID of {args.curve_samples} samples against the test set in the shipped "

@@ -16,9 +16,24 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 
 from models.classifier import Classifier, ClassifierConfig
-from models.gan import Discriminator, GANConfig, Generator, d_hinge_loss, ema_decay_at, ema_update, g_hinge_loss
+from models.gan import (
+    Discriminator,
+    GANConfig,
+    Generator,
+    aux_class_loss,
+    d_hinge_loss,
+    ema_decay_at,
+    ema_update,
+    g_hinge_loss,
+)
 from models.images import save_grid
-from models.vae import VAE, VAEConfig, gaussian_reconstruction, kl_divergence, negative_elbo
+from models.vae import (
+    VAE,
+    VAEConfig,
+    gaussian_reconstruction,
+    kl_divergence,
+    negative_elbo,
+)
 
 NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
 DEFAULTS = {  # kind -> (epochs, batch size, lr)
@@ -46,6 +61,7 @@ class TrainConfig:
     threads: int = 0
     likelihood: str = "bernoulli"  # VAE: "bernoulli" or "gaussian" (one learned-by-formula sigma)
     channels_last: bool = False  # NHWC weights and batches: oneDNN's faster convolutions on a CPU
+    aux_classifier: float = 0.0  # GAN: weight of the AC-GAN class term in both losses (0: off)
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,7 +84,8 @@ class Trainer:
         adam = dict(lr=cfg.lr, betas=(0.0, 0.9)) if cfg.kind == "gan" else dict(lr=cfg.lr)
         if cfg.kind == "gan":
             mcfg = GANConfig(**cfg.model)
-            self.g, self.d = Generator(mcfg).to(device), Discriminator(mcfg).to(device)
+            self.g = Generator(mcfg).to(device)
+            self.d = Discriminator(mcfg, classify=cfg.aux_classifier > 0).to(device)
             self.ema = copy.deepcopy(self.g).requires_grad_(False)
             self.opt_g = torch.optim.Adam(self.g.parameters(), **adam)
             self.opt_d = torch.optim.Adam(self.d.parameters(), **{**adam, "lr": 2 * cfg.lr})  # TTUR
@@ -124,15 +141,28 @@ class Trainer:
         x = x * 2.0 - 1.0  # [0, 1] -> [-1, 1]
         with record_function("G forward"):
             fake = self.g(self.randn(len(x), self.g.cfg.latent_dim), y)
+        w = self.cfg.aux_classifier
+        logs = {}
         with record_function("D forward"):
-            loss_d = d_hinge_loss(self.d(x, y), self.d(fake.detach(), y))
+            if w:  # the class head learns from real images only
+                d_real, classes_real = self.d(x, y, with_classes=True)
+                aux_d = aux_class_loss(classes_real, y)
+                loss_d = d_hinge_loss(d_real, self.d(fake.detach(), y)) + w * aux_d
+            else:
+                loss_d = d_hinge_loss(self.d(x, y), self.d(fake.detach(), y))
         self.opt_d.zero_grad(set_to_none=True)
         with record_function("D backward"):
             loss_d.backward()
         with record_function("optimisers"):
             self.opt_d.step()
-        with record_function("D forward"):
-            loss_g = g_hinge_loss(self.d(fake, y))  # reuse fake: G's graph is still valid
+        with record_function("D forward"):  # reuse fake: G's graph is still valid
+            if w:
+                d_fake, classes_fake = self.d(fake, y, with_classes=True)
+                aux_g = aux_class_loss(classes_fake, y)
+                loss_g = g_hinge_loss(d_fake) + w * aux_g
+                logs = {"aux_d": aux_d.item(), "aux_g": aux_g.item()}
+            else:
+                loss_g = g_hinge_loss(self.d(fake, y))
         self.opt_g.zero_grad(set_to_none=True)
         with record_function("G backward"):
             loss_g.backward()
@@ -140,7 +170,7 @@ class Trainer:
             self.opt_g.step()
         with record_function("EMA"):
             ema_update(self.ema, self.g, ema_decay_at(self.steps, self.cfg.ema_decay, self.cfg.ema_rampup))
-        return {"d": loss_d.item(), "g": loss_g.item()}
+        return {"d": loss_d.item(), "g": loss_g.item(), **logs}
 
     def _step_vae(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         # trained against N(0, I); a fitted prior (prior=1) is fitted after the last step

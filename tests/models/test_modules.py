@@ -11,6 +11,7 @@ from models.gan import (
     Discriminator,
     GANConfig,
     Generator,
+    aux_class_loss,
     d_hinge_loss,
     ema_update,
     g_hinge_loss,
@@ -51,6 +52,25 @@ def test_generator_label_changes_output():
 def test_discriminator_logit_shape():
     d = Discriminator(GAN_CFG)
     assert d(torch.rand(3, 1, 28, 28) * 2 - 1, labels(3)).shape == (3,)
+    assert d.classes is None and not any(k.startswith("classes") for k in d.state_dict())
+    with pytest.raises(ValueError, match="no class head"):
+        d(torch.rand(3, 1, 28, 28), labels(3), with_classes=True)
+
+
+@torch.no_grad()
+def test_discriminator_class_head_shares_the_pass_and_leaves_the_logit_alone():
+    """classify=True: one pass gives the same real/fake logit as without the head, plus
+    (B, num_classes) class logits; the head is the only new weight."""
+    torch.manual_seed(0)
+    plain = Discriminator(GAN_CFG)
+    torch.manual_seed(0)
+    d = Discriminator(GAN_CFG, classify=True).eval()
+    x, y = torch.rand(4, 1, 28, 28) * 2 - 1, labels(4)
+    logit, classes = d(x, y, with_classes=True)
+    assert logit.shape == (4,) and classes.shape == (4, 10)
+    assert torch.equal(logit, d(x, y))
+    assert {k for k in d.state_dict() if not k.startswith("classes.")} == set(plain.state_dict())
+    assert torch.equal(plain.eval()(x, y), logit)  # the same initial body and heads (head built last)
 
 
 @torch.no_grad()
@@ -177,6 +197,13 @@ def test_d_hinge_loss_hand_computed():
     # relu(1 - real) = [0, 0.5, 2] -> 2.5/3; relu(1 + fake) = [0, 1, 2] -> 1
     assert torch.allclose(d_hinge_loss(d_real, d_fake), torch.tensor(2.5 / 3 + 1.0))
     assert float(d_hinge_loss(torch.full((4,), 1.5), torch.full((4,), -3.0))) == 0.0  # beyond both margins
+
+
+def test_aux_class_loss_is_the_cross_entropy_of_the_class_asked_for():
+    """-log softmax(logits)[y], averaged: logits (0, ln 3) give p(1) = 3/4."""
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
+    want = (-math.log(0.75) - math.log(0.25)) / 2
+    assert math.isclose(float(aux_class_loss(logits, torch.tensor([1, 0]))), want, rel_tol=1e-6)
 
 
 def test_g_hinge_loss_hand_computed():
