@@ -178,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli",
                    help="VAE: the pixels' likelihood in training: Bernoulli (cross-entropy) or Gaussian with one "
                         "sigma set to its maximum-likelihood value each step")
+    p.add_argument("--kl-weight", type=float, default=1.0, metavar="BETA",
+                   help="VAE: train on reconstruction + BETA x KL (1, the default, is the ELBO; below 1 the "
+                        "encoder keeps more detail at the cost of ELBO)")
     p.add_argument("--ema-rampup", type=float, default=0.05,
                    help="GAN: the EMA's half-life is at most this share of the steps taken; 0 keeps the decay "
                         "(0.999) from the first step")
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(kind=args.kind, epochs=args.epochs or epochs, batch_size=args.batch_size or batch,
                       lr=args.lr or lr, seed=args.seed, device=str(pick_device(args.device)), out=args.out,
                       run_dir=args.run_dir, threads=args.threads, ema_rampup=args.ema_rampup, likelihood=args.likelihood,
-                      channels_last=args.channels_last, aux_classifier=args.aux_classifier, checkpoint_every=args.checkpoint_every,
+                      channels_last=args.channels_last, aux_classifier=args.aux_classifier, kl_weight=args.kl_weight,
+                      checkpoint_every=args.checkpoint_every,
                       sample_every=args.sample_every, name=args.name, model=parse_model_sizes(args.model))
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
@@ -238,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
            if args.kind == "vae" else {}),
         **({"channels_last": True} if cfg.channels_last else {}),
         **({"aux_classifier": cfg.aux_classifier} if cfg.aux_classifier else {}),
+        **({"kl_weight": cfg.kl_weight} if cfg.kl_weight != 1.0 else {}),
         "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],
         "history": log["history"], **({"curve": {"measure": f"FID of {args.curve_samples} samples against the test set in the shipped "

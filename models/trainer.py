@@ -62,6 +62,7 @@ class TrainConfig:
     likelihood: str = "bernoulli"  # VAE: "bernoulli" or "gaussian" (one learned-by-formula sigma)
     channels_last: bool = False  # NHWC weights and batches: oneDNN's faster convolutions on a CPU
     aux_classifier: float = 0.0  # GAN: weight of the AC-GAN class term in both losses (0: off)
+    kl_weight: float = 1.0  # VAE: beta of rec + beta * KL in training (1: the ELBO itself)
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -183,6 +184,8 @@ class Trainer:
             rec, kl, loss = nll.mean(), kl.mean(), (nll + kl).mean()
         else:
             rec, kl, loss = negative_elbo(logits, x, mu, logvar)
+        if self.cfg.kl_weight != 1.0:  # a beta-VAE step; the logs keep the unweighted terms
+            loss = rec + self.cfg.kl_weight * kl
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

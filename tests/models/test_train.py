@@ -102,6 +102,18 @@ def test_aux_classifier_head_learns_the_classes_of_real_images(tmp_path):
     assert plain.d.classes is None and "aux_d" not in plain_log["history"][0]
 
 
+def test_kl_weight_below_one_keeps_more_in_the_latent(tmp_path):
+    """--kl-weight: the same VAE run at beta 0.1 ends with twice the KL of beta 1 (the logs keep the
+    unweighted terms), and beta 1 is the ELBO step itself, step for step."""
+    x, y = patterns(256)
+    _, elbo_log = run(config("vae", tmp_path / "elbo", epochs=3), x, y, progress=False)
+    _, one_log = run(config("vae", tmp_path / "one", epochs=3, kl_weight=1.0), x, y, progress=False)
+    _, beta_log = run(config("vae", tmp_path / "beta", epochs=3, kl_weight=0.1), x, y, progress=False)
+    assert one_log["history"] == elbo_log["history"]
+    elbo, beta = elbo_log["history"][-1], beta_log["history"][-1]
+    assert beta["kl"] > 2 * elbo["kl"]
+
+
 # -- resume --
 
 @pytest.mark.parametrize("kind, stop", [("classifier", 5), ("vae", 11), ("gan", 3)])
@@ -305,6 +317,12 @@ def test_cli_gan_with_the_aux_classifier_names_its_weight(tmp_path):
     assert {"aux_d", "aux_g"} <= set(card["training"]["history"][0])
     module, _ = load_model(out / "fashion-gan.json")  # the shipped generator carries no head
     assert isinstance(module, Generator)
+
+
+def test_cli_vae_names_its_kl_weight(tmp_path):
+    out = train_cli(tmp_path, "vae", "--epochs", "1", "--kl-weight", "0.25",
+                    *[f"--model={k}={v}" for k, v in SMALL["vae"].items()])
+    assert json.loads((out / "fashion-vae.json").read_text())["training"]["kl_weight"] == 0.25
 
 
 def test_keep_best_is_refused_without_a_probe_or_for_a_vae(tmp_path):
