@@ -13,9 +13,10 @@ from models.card import ModelLoadError
 from tests.conftest import running_app
 
 # GET /v1/models/fashion-gan/samples.png?seed=7&label=Sneaker&scale=4 on a CPU (NHWC layout),
-# PNG level 1, fashion-gan 2.0.0 (1.0.0 answered "8039ea20aadd03198934a420e9a8bd2f")
+# PNG level 1, fashion-gan 2.1.0 (1.0.0 answered "8039ea20aadd03198934a420e9a8bd2f", 2.0.0
+# "77386c9ffbf961fed9e7151d1022f17c")
 README_URL = "/v1/models/fashion-gan/samples.png"
-README_ETAG = '"77386c9ffbf961fed9e7151d1022f17c"'
+README_ETAG = '"30541bc48c9dab59cff8db8d34af6e44"'
 
 
 async def test_shipped_folder_serves_the_gans_and_vaes_with_pinned_etags():
@@ -55,12 +56,11 @@ def test_the_2d_latent_vae_card_says_how_it_was_trained_and_how_it_scores():
 
 # The targets of the v2 weights, on the cards' own measures (10,000 samples, the shipped
 # classifier's features); each model trained by one command in at most 45 minutes on the 2-core
-# CPU. docs/models.md has the figures and the two targets missed: the GAN's accuracy (0.946 of
-# 0.95; asserted here against what real test images score) and the VAE's ELBO on the Bernoulli
+# CPU. docs/models.md has the figures and the one target missed: the VAE's ELBO on the Bernoulli
 # measure (asserted here only to be that measure, consistent with its own terms).
-TARGETS = {  # name -> (max FID, min conditional accuracy, or None: at least the real test images')
-    "fashion-gan": (80.0, None),
-    "fashion-vae": (120.0, 0.88),
+TARGETS = {  # name -> (version, max FID, min conditional accuracy)
+    "fashion-gan": ("2.1.0", 80.0, 0.95),
+    "fashion-vae": ("2.0.0", 120.0, 0.88),
 }
 BINARY_ENTROPY_FLOOR = 189.9  # nats per test image: no Bernoulli reconstruction term goes below it
 
@@ -70,17 +70,19 @@ def test_the_v2_cards_meet_their_targets(name):
     from models.card import read_card
 
     card = read_card(DEFAULT_WEIGHTS_DIR / f"{name}.json")
-    real_accuracy = read_card(DEFAULT_WEIGHTS_DIR / "fashion-classifier.json")["metrics"]["test_accuracy"]
-    max_fid, min_accuracy = TARGETS[name]
+    version, max_fid, min_accuracy = TARGETS[name]
     metrics, training = card["metrics"], card["training"]
-    assert card["version"] == "2.0.0"
+    assert card["version"] == version
     assert metrics["eval_samples"] == 10_000 and metrics["feature_extractor"].startswith("fashion-classifier")
     assert metrics["fid_classifier_features"] <= max_fid
-    assert metrics["conditional_accuracy"] >= (min_accuracy or real_accuracy) and real_accuracy == 0.9226
+    assert metrics["conditional_accuracy"] >= min_accuracy
     assert training["device"] == "cpu" and training["cpu_threads"] == 2
     assert training["wall_time_s"] <= 45 * 60
     assert training["command"].startswith(f"python -m models.train {card['kind']} --device cpu --threads 2 ")
-    assert "--version 2.0.0" in training["command"]
+    assert f"--version {version}" in training["command"]
+    if card["kind"] == "gan":  # shipped at the curve's lowest FID, which the card names
+        assert "--keep-best" in training["command"] and training["selected"]["step"] <= training["steps"]
+        assert training["aux_classifier"] == 0.5
     if card["kind"] == "vae":
         rec, kl = metrics["test_reconstruction_nll_nats"], metrics["test_kl_nats"]
         assert metrics["test_elbo_nats"] == pytest.approx(-(rec + kl), abs=2e-3) and rec > BINARY_ENTROPY_FLOOR
