@@ -216,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = to_tensors(train, (0.0, 1.0))
     probe = None
     if args.curve_every_s and args.kind != "classifier":
-        from models.evaluate import (
-            fid_probe,  # the classifier and test features: only for a curve
-        )
+        from models.evaluate import fid_probe  # the classifier and test features: only for a curve
 
         probe = fid_probe(Path(args.classifier), args.data_dir, args.curve_samples, cfg.device)
     if args.keep_best and (probe is None or args.kind != "gan"):

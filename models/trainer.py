@@ -27,13 +27,7 @@ from models.gan import (
     g_hinge_loss,
 )
 from models.images import save_grid
-from models.vae import (
-    VAE,
-    VAEConfig,
-    gaussian_reconstruction,
-    kl_divergence,
-    negative_elbo,
-)
+from models.vae import VAE, VAEConfig, gaussian_reconstruction, kl_divergence, negative_elbo
 
 NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
 DEFAULTS = {  # kind -> (epochs, batch size, lr)
@@ -142,28 +136,24 @@ class Trainer:
         x = x * 2.0 - 1.0  # [0, 1] -> [-1, 1]
         with record_function("G forward"):
             fake = self.g(self.randn(len(x), self.g.cfg.latent_dim), y)
-        w = self.cfg.aux_classifier
-        logs = {}
+        w, logs = self.cfg.aux_classifier, {}  # w: the AC-GAN class term's weight (0: no class head)
         with record_function("D forward"):
+            d_real, classes_real = self.d(x, y, with_classes=True) if w else (self.d(x, y), None)
+            loss_d = d_hinge_loss(d_real, self.d(fake.detach(), y))
             if w:  # the class head learns from real images only
-                d_real, classes_real = self.d(x, y, with_classes=True)
-                aux_d = aux_class_loss(classes_real, y)
-                loss_d = d_hinge_loss(d_real, self.d(fake.detach(), y)) + w * aux_d
-            else:
-                loss_d = d_hinge_loss(self.d(x, y), self.d(fake.detach(), y))
+                logs["aux_d"] = aux_class_loss(classes_real, y)
+                loss_d = loss_d + w * logs["aux_d"]
         self.opt_d.zero_grad(set_to_none=True)
         with record_function("D backward"):
             loss_d.backward()
         with record_function("optimisers"):
             self.opt_d.step()
         with record_function("D forward"):  # reuse fake: G's graph is still valid
-            if w:
-                d_fake, classes_fake = self.d(fake, y, with_classes=True)
-                aux_g = aux_class_loss(classes_fake, y)
-                loss_g = g_hinge_loss(d_fake) + w * aux_g
-                logs = {"aux_d": aux_d.item(), "aux_g": aux_g.item()}
-            else:
-                loss_g = g_hinge_loss(self.d(fake, y))
+            d_fake, classes_fake = self.d(fake, y, with_classes=True) if w else (self.d(fake, y), None)
+            loss_g = g_hinge_loss(d_fake)
+            if w:  # G is pushed toward images the head names as the class asked for
+                logs["aux_g"] = aux_class_loss(classes_fake, y)
+                loss_g = loss_g + w * logs["aux_g"]
         self.opt_g.zero_grad(set_to_none=True)
         with record_function("G backward"):
             loss_g.backward()
@@ -171,7 +161,7 @@ class Trainer:
             self.opt_g.step()
         with record_function("EMA"):
             ema_update(self.ema, self.g, ema_decay_at(self.steps, self.cfg.ema_decay, self.cfg.ema_rampup))
-        return {"d": loss_d.item(), "g": loss_g.item(), **logs}
+        return {"d": loss_d.item(), "g": loss_g.item(), **{k: v.item() for k, v in logs.items()}}
 
     def _step_vae(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         # trained against N(0, I); a fitted prior (prior=1) is fitted after the last step
