@@ -136,24 +136,18 @@ class Trainer:
         x = x * 2.0 - 1.0  # [0, 1] -> [-1, 1]
         with record_function("G forward"):
             fake = self.g(self.randn(len(x), self.g.cfg.latent_dim), y)
-        w, logs = self.cfg.aux_classifier, {}  # w: the AC-GAN class term's weight (0: no class head)
-        with record_function("D forward"):
-            d_real, classes_real = self.d(x, y, with_classes=True) if w else (self.d(x, y), None)
-            loss_d = d_hinge_loss(d_real, self.d(fake.detach(), y))
-            if w:  # the class head learns from real images only
-                logs["aux_d"] = aux_class_loss(classes_real, y)
-                loss_d = loss_d + w * logs["aux_d"]
+        logs: dict[str, torch.Tensor] = {}
+        with record_function("D forward"):  # the class head learns from real images only
+            d_real, class_d = self._judge(x, y, "aux_d", logs)
+            loss_d = d_hinge_loss(d_real, self.d(fake.detach(), y)) + class_d
         self.opt_d.zero_grad(set_to_none=True)
         with record_function("D backward"):
             loss_d.backward()
         with record_function("optimisers"):
             self.opt_d.step()
         with record_function("D forward"):  # reuse fake: G's graph is still valid
-            d_fake, classes_fake = self.d(fake, y, with_classes=True) if w else (self.d(fake, y), None)
-            loss_g = g_hinge_loss(d_fake)
-            if w:  # G is pushed toward images the head names as the class asked for
-                logs["aux_g"] = aux_class_loss(classes_fake, y)
-                loss_g = loss_g + w * logs["aux_g"]
+            d_fake, class_g = self._judge(fake, y, "aux_g", logs)
+            loss_g = g_hinge_loss(d_fake) + class_g
         self.opt_g.zero_grad(set_to_none=True)
         with record_function("G backward"):
             loss_g.backward()
@@ -162,6 +156,17 @@ class Trainer:
         with record_function("EMA"):
             ema_update(self.ema, self.g, ema_decay_at(self.steps, self.cfg.ema_decay, self.cfg.ema_rampup))
         return {"d": loss_d.item(), "g": loss_g.item(), **{k: v.item() for k, v in logs.items()}}
+
+    def _judge(self, images: torch.Tensor, y: torch.Tensor, term: str,
+               logs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """D's logits for images of class y, and the AC-GAN class term to add to the loss: W x the
+        head's cross-entropy (kept in logs[term]) with --aux-classifier W, else 0."""
+        w = self.cfg.aux_classifier
+        if not w:
+            return self.d(images, y), 0.0
+        logits, classes = self.d(images, y, with_classes=True)
+        logs[term] = aux_class_loss(classes, y)
+        return logits, w * logs[term]
 
     def _step_vae(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         # trained against N(0, I); a fitted prior (prior=1) is fitted after the last step
