@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from models.card import save_model
 from models.data import CLASS_NAMES, load_split, to_tensors
-from models.trainer import DEFAULTS, NAMES, REFIT_LR, TrainConfig, Trainer, pick_device
+from models.trainer import DEFAULTS, ELBO_ENCODER_LR, NAMES, TrainConfig, Trainer, pick_device
 
 
 def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False,
@@ -131,7 +131,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         if stop:
             break
     trainer.set_train(False)
-    refit = trainer.finish(x, y, progress)
+    elbo_fit = trainer.finish(x, y, progress)
     if probe is not None and (not curve or curve[-1]["step"] != global_step):
         measure()
     if best:
@@ -139,7 +139,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
     trainer.sample_grid(run_dir / "samples_final.png")
     log = {"steps": global_step, "wall_time_s": round(elapsed + time.perf_counter() - t0, 1), "history": history,
            **({"curve": curve} if probe is not None else {}), **({"selected": best["point"]} if best else {}),
-           **({"encoder_refit": refit} if refit else {})}
+           **({"elbo_encoder": elbo_fit} if elbo_fit else {})}
     return trainer, log
 
 
@@ -182,10 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kl-weight", type=float, default=1.0, metavar="BETA",
                    help="VAE: train on reconstruction + BETA x KL (1, the default, is the ELBO; below 1 the "
                         "encoder keeps more detail at the cost of ELBO)")
-    p.add_argument("--refit-encoder", type=int, default=0, metavar="EPOCHS",
-                   help="VAE: after the last step (and the prior's fit), train the encoder alone for EPOCHS epochs on "
-                        "the Bernoulli ELBO, the decoder and prior frozen: the samples stay as they are and the test "
-                        "ELBO tightens (a Gaussian-likelihood encoder is far from this posterior); 0 (default) is off")
+    p.add_argument("--elbo-encoder", type=int, default=0, metavar="EPOCHS",
+                   help="VAE: after the last step (and the prior's fit), fit a second encoder for EPOCHS epochs to the "
+                        "Bernoulli ELBO the card reports, the decoder and prior frozen; samples and /encode keep the "
+                        "first. For a Gaussian-likelihood VAE, whose encoder is a loose q on that measure; 0: none")
     p.add_argument("--ema-rampup", type=float, default=0.05,
                    help="GAN: the EMA's half-life is at most this share of the steps taken; 0 keeps the decay "
                         "(0.999) from the first step")
@@ -215,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
                       lr=args.lr or lr, seed=args.seed, device=str(pick_device(args.device)), out=args.out,
                       run_dir=args.run_dir, threads=args.threads, ema_rampup=args.ema_rampup, likelihood=args.likelihood,
                       channels_last=args.channels_last, aux_classifier=args.aux_classifier, kl_weight=args.kl_weight,
-                      refit_encoder=args.refit_encoder,
+                      elbo_encoder=args.elbo_encoder,
                       checkpoint_every=args.checkpoint_every,
                       sample_every=args.sample_every, name=args.name, model=parse_model_sizes(args.model))
-    if args.refit_encoder and (args.kind != "vae" or args.refit_encoder < 0):
-        raise SystemExit("--refit-encoder takes a VAE and a number of epochs >= 0")
+    if args.elbo_encoder and (args.kind != "vae" or args.elbo_encoder < 0):
+        raise SystemExit("--elbo-encoder takes a VAE and a number of epochs >= 0")
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
     probe = None
@@ -249,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         **({"channels_last": True} if cfg.channels_last else {}),
         **({"aux_classifier": cfg.aux_classifier} if cfg.aux_classifier else {}),
         **({"kl_weight": cfg.kl_weight} if cfg.kl_weight != 1.0 else {}),
-        **({"encoder_refit": {"epochs": cfg.refit_encoder, "lr": REFIT_LR, "history": log["encoder_refit"],
-                              "objective": "the Bernoulli ELBO against the fitted prior, encoder only (decoder and "
-                                           "prior frozen: the samples are those of the steps above)"}}
-           if cfg.refit_encoder else {}),
+        **({"elbo_encoder": {"epochs": cfg.elbo_encoder, "lr": ELBO_ENCODER_LR, "history": log["elbo_encoder"],
+                             "objective": "the Bernoulli ELBO against the fitted prior, a copy of the encoder trained "
+                                          "alone (decoder, prior and the served encoder frozen); the test ELBO is "
+                                          "measured with it"}}
+           if cfg.elbo_encoder else {}),
         "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],
         "history": log["history"], **({"curve": {"measure": f"FID of {args.curve_samples} samples against the test set in the shipped "

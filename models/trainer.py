@@ -30,7 +30,7 @@ from models.gan import (
 from models.images import save_grid
 from models.vae import VAE, VAEConfig, gaussian_reconstruction, kl_divergence, negative_elbo
 
-REFIT_LR = 3e-4  # Adam's rate for the encoder refit (refit_encoder)
+ELBO_ENCODER_LR = 3e-4  # Adam's rate for fitting the ELBO encoder (elbo_encoder)
 NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
 DEFAULTS = {  # kind -> (epochs, batch size, lr)
     "gan": (5, 64, 2e-4),
@@ -59,7 +59,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC weights and batches: oneDNN's faster convolutions on a CPU
     aux_classifier: float = 0.0  # GAN: weight of the AC-GAN class term in both losses (0: off)
     kl_weight: float = 1.0  # VAE: beta of rec + beta * KL in training (1: the ELBO itself)
-    refit_encoder: int = 0  # VAE: epochs of encoder-only training on the Bernoulli ELBO after the last step
+    elbo_encoder: int = 0  # VAE: epochs fitting an ELBO encoder (Bernoulli measure) after the last step
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -192,34 +192,31 @@ class Trainer:
 
     def finish(self, x: torch.Tensor, y: torch.Tensor, progress: bool = False) -> list[dict[str, float]]:
         """After the last step: a VAE with prior=1 fits its prior to the training images' posterior,
-        then (``refit_encoder``) its encoder is refitted. Returns the refit's per-epoch logs."""
+        then (``elbo_encoder``) an ELBO encoder is fitted. Returns that fit's per-epoch logs."""
         if self.cfg.kind != "vae":
             return []
         if self.vae.cfg.prior:
             self.vae.fit_prior(x, y)
-        return self._refit_encoder(x, y, progress) if self.cfg.refit_encoder else []
+        return self._fit_elbo_encoder(x, y, progress) if self.cfg.elbo_encoder else []
 
-    def _refit_encoder(self, x: torch.Tensor, y: torch.Tensor, progress: bool) -> list[dict[str, float]]:
-        """Train the encoder alone for ``refit_encoder`` epochs on the Bernoulli ELBO against the
-        model's own prior, the decoder and the prior frozen: the generative model, so every sample,
-        stays as it is, and q becomes the posterior of that model under the Bernoulli measure. An
-        encoder trained with a Gaussian likelihood at sigma ~ 0.1 gives a q far narrower than that
-        posterior; the difference is the amortisation gap (Cremer et al., 2018,
-        https://arxiv.org/abs/1801.03558), and refitting q closes most of it."""
-        enc, frozen = self.vae.encoder, list(self.vae.decoder.parameters())
+    def _fit_elbo_encoder(self, x: torch.Tensor, y: torch.Tensor, progress: bool) -> list[dict[str, float]]:
+        """Give the VAE an ELBO encoder, a copy of its encoder, and train it alone for
+        ``elbo_encoder`` epochs on the Bernoulli ELBO against the model's own prior, the decoder
+        and prior frozen: the model that samples and encodes stays as it is, and the second q
+        becomes that model's posterior under the Bernoulli measure the cards report (VAE docstring)."""
+        enc, frozen = self.vae.add_elbo_encoder(), list(self.vae.decoder.parameters())
         for p in frozen:
             p.requires_grad_(False)
-        opt = torch.optim.Adam(enc.parameters(), lr=REFIT_LR)
+        opt = torch.optim.Adam(enc.parameters(), lr=ELBO_ENCODER_LR)
         b, history = self.cfg.batch_size, []
-        self.vae.train()
-        for e in range(self.cfg.refit_encoder):
+        for e in range(self.cfg.elbo_encoder):
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.cfg.seed * 10_000 + self.cfg.epochs + e))
             sums = {"rec": 0.0, "kl": 0.0}
             steps = len(x) // b
-            for i in tqdm(range(steps), desc=f"encoder refit {e + 1}/{self.cfg.refit_encoder}", disable=not progress,
+            for i in tqdm(range(steps), desc=f"ELBO encoder {e + 1}/{self.cfg.elbo_encoder}", disable=not progress,
                           leave=False):
                 xb, yb = x[order[i * b:(i + 1) * b]].to(self.device), y[order[i * b:(i + 1) * b]].to(self.device)
-                mu, logvar = self.vae.posterior(xb, yb)
+                mu, logvar = enc(xb, yb)
                 z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
                 rec, kl, loss = negative_elbo(self.vae.decode_logits(z, yb), xb, mu, logvar, self.vae.kl(mu, logvar, yb))
                 opt.zero_grad(set_to_none=True)

@@ -193,3 +193,41 @@ def test_vae_prior_ablation_rows_and_truncation(tmp_path, monkeypatch):
     full, _ = ev.generate_eval_set(gen, 0, progress=False)
     truncated, _ = ev.generate_eval_set(gen, 0, progress=False, truncation=0.5)
     assert not torch.allclose(full, truncated, atol=1e-3)
+
+
+# -- the importance-weighted bound (evaluate --iwae) --
+
+@torch.no_grad()
+def test_iwae_bound_is_exact_when_q_is_the_posterior():
+    """With a decoder that ignores z (constant logits b) and q = the prior, every weight is p(x | b),
+    so the bound is the log-likelihood itself for any k: -sum BCE(b, x) per image."""
+    import torch.nn.functional as F
+
+    from models.vae import VAE, VAEConfig
+
+    vae = VAE(VAEConfig(latent_dim=3, channels=4, hidden=16)).eval()
+    for p in vae.decoder.parameters():
+        p.zero_()
+    vae.decoder.body[-1].bias.fill_(-0.7)
+    vae.elbo_posterior = lambda x, y: (torch.zeros(len(x), 3), torch.zeros(len(x), 3))
+    x, y = torch.rand(30, 1, 28, 28), torch.arange(30) % 10
+    want = -F.binary_cross_entropy_with_logits(torch.full_like(x, -0.7), x, reduction="none").flatten(1).sum(1).mean()
+    for k in (1, 7):
+        assert ev.iwae_bound(vae, x, y, k, seed=0, batch=8) == pytest.approx(want.item(), abs=2e-3)
+
+
+@torch.no_grad()
+def test_iwae_bound_rises_with_k_above_the_elbo():
+    """A VAE whose q is not its posterior (fitted prior, random weights): the bound with k = 64 is
+    above the ELBO and above k = 1, which estimates that ELBO with a sampled KL."""
+    from models.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(latent_dim=3, channels=4, hidden=16, prior=1)).eval()
+    vae.prior_loc.copy_(torch.randn(10, 3))
+    vae.prior_tril.copy_(torch.eye(3).repeat(10, 1, 1) * 0.7)
+    x, y = torch.rand(200, 1, 28, 28), torch.arange(200) % 10
+    elbo = ev.vae_test_metrics(vae, x, y, seed=0)["test_elbo_nats"]
+    one, many = ev.iwae_bound(vae, x, y, 1, seed=0), ev.iwae_bound(vae, x, y, 64, seed=0)
+    assert one == pytest.approx(elbo, abs=0.5)
+    assert many > elbo + 0.2 and many > one + 0.2

@@ -293,6 +293,18 @@ def test_prior_kl_matches_torch_distributions():
 
 
 @torch.no_grad()
+def test_log_prior_matches_torch_distributions():
+    """VAE.log_prior is log N(z; loc_y, L_y L_y^T) with the fitted prior, log N(z; 0, I) without."""
+    from torch.distributions import MultivariateNormal, Normal
+
+    vae, z, y = fitted_vae(2), torch.randn(7, 3) * 2, labels(7)
+    want = MultivariateNormal(vae.prior_loc[y], scale_tril=vae.prior_tril[y]).log_prob(z)
+    assert torch.allclose(vae.log_prior(z, y), want, rtol=1e-5, atol=1e-5)
+    z4 = torch.randn(7, 4)
+    assert torch.allclose(VAE(VAE_CFG).log_prior(z4, y), Normal(0.0, 1.0).log_prob(z4).sum(1), atol=1e-5)
+
+
+@torch.no_grad()
 def test_fit_prior_matches_the_aggregate_posterior_moments():
     """loc_y is the class's mean of mu; L_y L_y^T is Cov(mu) + mean(var) over the class's rows."""
     vae = VAE(PRIOR_CFG).eval()

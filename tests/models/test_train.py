@@ -394,37 +394,41 @@ def test_gan_ema_follows_g_closely_early_with_the_ramp(tmp_path):
     assert ckpt["trainer"]["steps"] == 4
 
 
-def test_refit_encoder_keeps_the_generative_model_and_tightens_the_bernoulli_elbo(tmp_path):
-    """refit_encoder: after a Gaussian-likelihood run with a fitted prior, the encoder alone trains on
-    the Bernoulli ELBO. The decoder and prior end byte-equal to the same run without the refit (so
-    every sample is the same), the encoder moves, and the Bernoulli ELBO of the training images
-    under one seeded z rises; the log keeps one row per refit epoch."""
+def test_elbo_encoder_is_a_fitted_copy_and_the_served_model_stays_as_it_is(tmp_path):
+    """elbo_encoder: after a Gaussian-likelihood run with a fitted prior, a copy of the encoder trains
+    alone on the Bernoulli ELBO. Every tensor of the model that samples and encodes (encoder, decoder,
+    prior) ends byte-equal to the same run without it, the copy has moved, and the Bernoulli ELBO of
+    the training images (one seeded z, q from the copy) rises; one log row per epoch."""
     from models.evaluate import vae_test_metrics
 
     x, y = patterns(256)
     kw = dict(epochs=2, likelihood="gaussian", model={**SMALL["vae"], "prior": 1})
     plain, plain_log = run(TrainConfig(**{**config("vae", tmp_path / "plain").__dict__, **kw}), x, y, progress=False)
-    refit, refit_log = run(TrainConfig(**{**config("vae", tmp_path / "refit").__dict__, **kw, "refit_encoder": 3}),
-                           x, y, progress=False)
-    before, after = plain.vae.state_dict(), refit.vae.state_dict()
-    fixed = [k for k in before if not k.startswith("encoder.")]
-    assert "prior_loc" in fixed and any(k.startswith("decoder.") for k in fixed)
-    assert all(torch.equal(before[k], after[k]) for k in fixed)
-    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("encoder."))
-    assert [h["epoch"] for h in refit_log["encoder_refit"]] == [1, 2, 3] and "encoder_refit" not in plain_log
-    assert all(p.requires_grad for p in refit.vae.parameters()) and not refit.vae.training
+    fitted, fitted_log = run(TrainConfig(**{**config("vae", tmp_path / "fit").__dict__, **kw, "elbo_encoder": 3}),
+                             x, y, progress=False)
+    before, after = plain.vae.state_dict(), fitted.vae.state_dict()
+    assert set(after) - set(before) == {f"elbo_{k}" for k in before if k.startswith("encoder.")}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(after[k], after[f"elbo_{k}"]) for k in before if k.startswith("encoder."))
+    assert fitted.vae.cfg.elbo_encoder == 1 and plain.vae.cfg.elbo_encoder == 0
+    assert [h["epoch"] for h in fitted_log["elbo_encoder"]] == [1, 2, 3] and "elbo_encoder" not in plain_log
+    assert all(p.requires_grad for p in fitted.vae.parameters()) and not fitted.vae.training
     with torch.no_grad():
-        elbo_before = vae_test_metrics(plain.vae, x, y, seed=0)["test_elbo_nats"]
-        elbo_after = vae_test_metrics(refit.vae, x, y, seed=0)["test_elbo_nats"]
-    assert elbo_after > elbo_before + 1.0
+        elbo_plain = vae_test_metrics(plain.vae, x, y, seed=0)
+        elbo_fitted = vae_test_metrics(fitted.vae, x, y, seed=0)
+    assert elbo_fitted["test_elbo_nats"] > elbo_plain["test_elbo_nats"] + 1.0
+    assert elbo_fitted["test_reconstruction_mse"] == elbo_plain["test_reconstruction_mse"]  # the served encoder's
 
 
-def test_cli_vae_refit_encoder_is_in_the_card_and_refused_for_a_gan(tmp_path):
-    out = train_cli(tmp_path, "vae", "--epochs", "1", "--likelihood", "gaussian", "--refit-encoder", "2",
+def test_cli_vae_elbo_encoder_is_in_the_card_loads_and_is_refused_for_a_gan(tmp_path):
+    out = train_cli(tmp_path, "vae", "--epochs", "1", "--likelihood", "gaussian", "--elbo-encoder", "2",
                     *[f"--model={k}={v}" for k, v in SMALL["vae"].items()], "--model", "prior=1")
-    refit = json.loads((out / "fashion-vae.json").read_text())["training"]["encoder_refit"]
-    assert refit["epochs"] == 2 and [h["epoch"] for h in refit["history"]] == [1, 2]
-    assert "encoder only" in refit["objective"]
+    card = json.loads((out / "fashion-vae.json").read_text())
+    fit = card["training"]["elbo_encoder"]
+    assert fit["epochs"] == 2 and [h["epoch"] for h in fit["history"]] == [1, 2] and "alone" in fit["objective"]
+    assert card["config"]["elbo_encoder"] == 1
+    vae, _ = load_model(out / "fashion-vae.json")
+    assert vae.cfg.elbo_encoder == 1 and vae.elbo_encoder is not vae.encoder
     for kind, n in (("gan", "1"), ("vae", "-1")):
-        with pytest.raises(SystemExit, match="--refit-encoder"):
-            main([kind, "--refit-encoder", n])
+        with pytest.raises(SystemExit, match="--elbo-encoder"):
+            main([kind, "--elbo-encoder", n])
