@@ -116,7 +116,8 @@ def vae_test_metrics(vae: nn.Module, x01: torch.Tensor, y: torch.Tensor, seed: i
         mu, logvar = vae.elbo_posterior(xb, yb)  # in the decoder's latent; the KL against the model's prior
         z = vae.reparameterize(mu, logvar, generator=g)
         rec, kl, loss = negative_elbo(vae.decode_logits(z, yb), xb, mu, logvar, vae.kl(mu, logvar, yb))
-        recon = vae.decode(vae.posterior(xb, yb)[0], yb)  # the served encoder's reconstruction
+        served_mu = vae.posterior(xb, yb)[0] if vae.cfg.elbo_encoder else mu  # the served encoder's reconstruction
+        recon = vae.decode(served_mu, yb)
         w = len(xb)
         tot["neg_elbo"] += loss.item() * w
         tot["rec"] += rec.item() * w
