@@ -174,8 +174,7 @@ class Trainer:
     def _step_vae(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         # trained against N(0, I); a fitted prior (prior=1) is fitted after the last step
         mu, logvar = self.vae.posterior(x, y)
-        z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
-        logits = self.vae.decode_logits(z, y)
+        logits = self.vae.decode_logits(self._sample_z(mu, logvar), y)
         if self.cfg.likelihood == "gaussian":
             nll, sigma = gaussian_reconstruction(logits, x)
             kl = kl_divergence(mu, logvar)
@@ -189,6 +188,10 @@ class Trainer:
         self.opt.step()
         logs = {"rec": rec.item(), "kl": kl.item()}
         return {**logs, "sigma": sigma.item()} if self.cfg.likelihood == "gaussian" else logs
+
+    def _sample_z(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z ~ q = N(mu, exp(logvar)) by the reparameterisation, eps from the trainer's noise stream."""
+        return mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
 
     def finish(self, x: torch.Tensor, y: torch.Tensor, progress: bool = False) -> list[dict[str, float]]:
         """After the last step: a VAE with prior=1 fits its prior to the training images' posterior,
@@ -215,10 +218,11 @@ class Trainer:
             steps = len(x) // b
             for i in tqdm(range(steps), desc=f"ELBO encoder {e + 1}/{self.cfg.elbo_encoder}", disable=not progress,
                           leave=False):
-                xb, yb = x[order[i * b:(i + 1) * b]].to(self.device), y[order[i * b:(i + 1) * b]].to(self.device)
+                idx = order[i * b:(i + 1) * b]
+                xb, yb = x[idx].to(self.device), y[idx].to(self.device)
                 mu, logvar = enc(xb, yb)
-                z = mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
-                rec, kl, loss = negative_elbo(self.vae.decode_logits(z, yb), xb, mu, logvar, self.vae.kl(mu, logvar, yb))
+                logits = self.vae.decode_logits(self._sample_z(mu, logvar), yb)
+                rec, kl, loss = negative_elbo(logits, xb, mu, logvar, self.vae.kl(mu, logvar, yb))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
