@@ -27,7 +27,18 @@ from tqdm import tqdm
 
 from models.card import save_model
 from models.data import CLASS_NAMES, load_split, to_tensors
-from models.trainer import DEFAULTS, ELBO_ENCODER_LR, NAMES, TrainConfig, Trainer, pick_device
+from models.flow import FLOW_HIDDEN, FLOW_LAYERS
+from models.trainer import (
+    DEFAULTS,
+    ELBO_ENCODER_LR,
+    ELBO_EPOCHS_AFTER_FLOW,
+    NAMES,
+    PRIOR_FLOW_BATCH,
+    PRIOR_FLOW_LR,
+    TrainConfig,
+    Trainer,
+    pick_device,
+)
 
 
 def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False,
@@ -131,7 +142,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
         if stop:
             break
     trainer.set_train(False)
-    elbo_fit = trainer.finish(x, y, progress)
+    fits = trainer.finish(x, y, progress)
     if probe is not None and (not curve or curve[-1]["step"] != global_step):
         measure()
     if best:
@@ -139,7 +150,7 @@ def run(cfg: TrainConfig, x: torch.Tensor, y: torch.Tensor, resume: bool = False
     trainer.sample_grid(run_dir / "samples_final.png")
     log = {"steps": global_step, "wall_time_s": round(elapsed + time.perf_counter() - t0, 1), "history": history,
            **({"curve": curve} if probe is not None else {}), **({"selected": best["point"]} if best else {}),
-           **({"elbo_encoder": elbo_fit} if elbo_fit else {})}
+           **fits}
     return trainer, log
 
 
@@ -186,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="VAE: after the last step (and the prior's fit), fit a second encoder for EPOCHS epochs to the "
                         "Bernoulli ELBO the card reports, the decoder and prior frozen; samples and /encode keep the "
                         "first. For a Gaussian-likelihood VAE, whose encoder is a loose q on that measure; 0: none")
+    p.add_argument("--prior-flow", type=int, default=0, metavar="EPOCHS",
+                   help="VAE with --model prior=1: then put a normalising flow on the fitted Gaussian prior and fit it "
+                        "for EPOCHS epochs to the ELBO encoder's posteriors (the card's model gets prior=2; samples "
+                        f"come from it); the ELBO encoder then trains {ELBO_EPOCHS_AFTER_FLOW} more epoch against it. "
+                        "0: none")
     p.add_argument("--ema-rampup", type=float, default=0.05,
                    help="GAN: the EMA's half-life is at most this share of the steps taken; 0 keeps the decay "
                         "(0.999) from the first step")
@@ -215,11 +231,14 @@ def main(argv: list[str] | None = None) -> int:
                       lr=args.lr or lr, seed=args.seed, device=str(pick_device(args.device)), out=args.out,
                       run_dir=args.run_dir, threads=args.threads, ema_rampup=args.ema_rampup, likelihood=args.likelihood,
                       channels_last=args.channels_last, aux_classifier=args.aux_classifier, kl_weight=args.kl_weight,
-                      elbo_encoder=args.elbo_encoder,
+                      elbo_encoder=args.elbo_encoder, prior_flow=args.prior_flow,
                       checkpoint_every=args.checkpoint_every,
                       sample_every=args.sample_every, name=args.name, model=parse_model_sizes(args.model))
     if args.elbo_encoder and (args.kind != "vae" or args.elbo_encoder < 0):
         raise SystemExit("--elbo-encoder takes a VAE and a number of epochs >= 0")
+    if args.prior_flow and (args.kind != "vae" or args.prior_flow < 0 or cfg.model.get("prior") != 1):
+        raise SystemExit("--prior-flow takes a VAE with --model prior=1 (the flow goes on its fitted Gaussian) "
+                         "and a number of epochs >= 0")
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
     probe = None
@@ -244,15 +263,23 @@ def main(argv: list[str] | None = None) -> int:
         "ema_decay": cfg.ema_decay if args.kind == "gan" else None,
         **({"ema_rampup": cfg.ema_rampup} if args.kind == "gan" else {}),
         **({"likelihood": cfg.likelihood, **({"prior": "per-class Gaussian fitted to the training images' "
-                                                       "aggregate posterior"} if cfg.model.get("prior") else {})}
+                                                       "aggregate posterior" + (", then a class-conditional flow on it (models.flow)"
+                                                       if cfg.prior_flow else "")} if cfg.model.get("prior") else {})}
            if args.kind == "vae" else {}),
+        **({"prior_flow": {"epochs": cfg.prior_flow, "lr": PRIOR_FLOW_LR, "batch_size": PRIOR_FLOW_BATCH,
+                           "layers": FLOW_LAYERS, "hidden": FLOW_HIDDEN, "history": log["prior_flow"],
+                           "objective": "E_q[log p(z | y)] of the ELBO encoder's posteriors on the training images "
+                                        "(the ELBO's prior term), the Gaussian, decoder and encoders fixed; Adam, "
+                                        "one-cycle schedule"}}
+           if cfg.prior_flow else {}),
         **({"channels_last": True} if cfg.channels_last else {}),
         **({"aux_classifier": cfg.aux_classifier} if cfg.aux_classifier else {}),
         **({"kl_weight": cfg.kl_weight} if cfg.kl_weight != 1.0 else {}),
         **({"elbo_encoder": {"epochs": cfg.elbo_encoder, "lr": ELBO_ENCODER_LR, "history": log["elbo_encoder"],
                              "objective": "the Bernoulli ELBO against the fitted prior, a copy of the encoder trained "
                                           "alone (decoder, prior and the served encoder frozen); the test ELBO is "
-                                          "measured with it"}}
+                                          "measured with it",
+                             **({"epochs_after_flow": ELBO_EPOCHS_AFTER_FLOW} if cfg.prior_flow else {})}}
            if cfg.elbo_encoder else {}),
         "device": cfg.device, "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
         "torch": torch.__version__, "steps": log["steps"], "wall_time_s": log["wall_time_s"],

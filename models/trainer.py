@@ -31,6 +31,9 @@ from models.images import save_grid
 from models.vae import VAE, VAEConfig, gaussian_reconstruction, kl_divergence, negative_elbo
 
 ELBO_ENCODER_LR = 3e-4  # Adam's rate for fitting the ELBO encoder (elbo_encoder)
+PRIOR_FLOW_LR = 3e-3  # the one-cycle schedule's peak rate for fitting the flow prior (prior_flow)
+PRIOR_FLOW_BATCH = 512  # latents per step of that fit: a step is a small dense net, so more rows per step
+ELBO_EPOCHS_AFTER_FLOW = 1  # the ELBO encoder's epochs against the fitted flow, after its own
 NAMES = {"gan": "fashion-gan", "vae": "fashion-vae", "classifier": "fashion-classifier"}
 DEFAULTS = {  # kind -> (epochs, batch size, lr)
     "gan": (5, 64, 2e-4),
@@ -60,6 +63,7 @@ class TrainConfig:
     aux_classifier: float = 0.0  # GAN: weight of the AC-GAN class term in both losses (0: off)
     kl_weight: float = 1.0  # VAE: beta of rec + beta * KL in training (1: the ELBO itself)
     elbo_encoder: int = 0  # VAE: epochs fitting an ELBO encoder (Bernoulli measure) after the last step
+    prior_flow: int = 0  # VAE (prior=1): epochs fitting a flow on the Gaussian prior after that; the model gets prior=2
     model: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -193,44 +197,90 @@ class Trainer:
         """z ~ q = N(mu, exp(logvar)) by the reparameterisation, eps from the trainer's noise stream."""
         return mu + torch.exp(0.5 * logvar) * self.randn(*mu.shape)
 
-    def finish(self, x: torch.Tensor, y: torch.Tensor, progress: bool = False) -> list[dict[str, float]]:
+    def finish(self, x: torch.Tensor, y: torch.Tensor, progress: bool = False) -> dict[str, list[dict[str, float]]]:
         """After the last step: a VAE with prior=1 fits its prior to the training images' posterior,
-        then (``elbo_encoder``) an ELBO encoder is fitted. Returns that fit's per-epoch logs."""
+        then (``elbo_encoder``) an ELBO encoder is fitted, then (``prior_flow``) a flow on the
+        Gaussian prior, fitted to the ELBO encoder's posteriors, and the ELBO encoder trains
+        ELBO_EPOCHS_AFTER_FLOW more epochs against it. Returns the fits' per-epoch logs by name."""
         if self.cfg.kind != "vae":
-            return []
+            return {}
         if self.vae.cfg.prior:
             self.vae.fit_prior(x, y)
-        return self._fit_elbo_encoder(x, y, progress) if self.cfg.elbo_encoder else []
+        logs: dict[str, list[dict[str, float]]] = {}
+        if self.cfg.elbo_encoder:
+            self.vae.add_elbo_encoder()
+            self._elbo_opt = torch.optim.Adam(self.vae.elbo_encoder.parameters(), lr=ELBO_ENCODER_LR)
+            logs["elbo_encoder"] = self._fit_elbo_encoder(x, y, range(self.cfg.elbo_encoder), progress)
+        if self.cfg.prior_flow:
+            logs["prior_flow"] = self._fit_prior_flow(x, y, progress)
+            if self.cfg.elbo_encoder:
+                more = range(self.cfg.elbo_encoder, self.cfg.elbo_encoder + ELBO_EPOCHS_AFTER_FLOW)
+                logs["elbo_encoder"] += self._fit_elbo_encoder(x, y, more, progress)
+        self.vae.eval()
+        return logs
 
-    def _fit_elbo_encoder(self, x: torch.Tensor, y: torch.Tensor, progress: bool) -> list[dict[str, float]]:
-        """Give the VAE an ELBO encoder, a copy of its encoder, and train it alone for
-        ``elbo_encoder`` epochs on the Bernoulli ELBO against the model's own prior, the decoder
-        and prior frozen: the model that samples and encodes stays as it is, and the second q
-        becomes that model's posterior under the Bernoulli measure the cards report (VAE docstring)."""
-        enc, frozen = self.vae.add_elbo_encoder(), list(self.vae.decoder.parameters())
+    def _fit_elbo_encoder(self, x: torch.Tensor, y: torch.Tensor, epochs: range, progress: bool) -> list[dict[str, float]]:
+        """Train the VAE's ELBO encoder (a copy of its encoder) alone for ``epochs`` on the
+        Bernoulli ELBO against the model's own prior, the decoder and prior frozen: the model that
+        samples and encodes stays as it is, and the second q becomes that model's posterior under
+        the Bernoulli measure the cards report (VAE docstring)."""
+        enc, frozen = self.vae.elbo_encoder, list(self.vae.decoder.parameters())
+        if self.vae.cfg.prior == 2:
+            frozen += list(self.vae.prior_flow.parameters())
         for p in frozen:
             p.requires_grad_(False)
-        opt = torch.optim.Adam(enc.parameters(), lr=ELBO_ENCODER_LR)
-        b, history = self.cfg.batch_size, []
-        for e in range(self.cfg.elbo_encoder):
+        b, history, total = self.cfg.batch_size, [], epochs.stop
+        for e in epochs:
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.cfg.seed * 10_000 + self.cfg.epochs + e))
             sums = {"rec": 0.0, "kl": 0.0}
             steps = len(x) // b
-            for i in tqdm(range(steps), desc=f"ELBO encoder {e + 1}/{self.cfg.elbo_encoder}", disable=not progress,
-                          leave=False):
+            for i in tqdm(range(steps), desc=f"ELBO encoder {e + 1}/{total}", disable=not progress, leave=False):
                 idx = order[i * b:(i + 1) * b]
                 xb, yb = x[idx].to(self.device), y[idx].to(self.device)
                 mu, logvar = enc(xb, yb)
-                logits = self.vae.decode_logits(self._sample_z(mu, logvar), yb)
-                rec, kl, loss = negative_elbo(logits, xb, mu, logvar, self.vae.kl(mu, logvar, yb))
-                opt.zero_grad(set_to_none=True)
+                z = self._sample_z(mu, logvar)
+                rec, kl, loss = negative_elbo(self.vae.decode_logits(z, yb), xb, mu, logvar, self.vae.kl(mu, logvar, yb, z))
+                self._elbo_opt.zero_grad(set_to_none=True)
                 loss.backward()
-                opt.step()
+                self._elbo_opt.step()
                 sums["rec"], sums["kl"] = sums["rec"] + rec.item(), sums["kl"] + kl.item()
             history.append({"epoch": e + 1, **{k: round(v / max(1, steps), 5) for k, v in sums.items()}})
         for p in frozen:
             p.requires_grad_(True)
-        self.vae.eval()
+        return history
+
+    def _fit_prior_flow(self, x: torch.Tensor, y: torch.Tensor, progress: bool) -> list[dict[str, float]]:
+        """Give the VAE a flow on its fitted Gaussian (prior=2) and fit it for ``prior_flow``
+        epochs to the aggregate posterior of the ELBO encoder (or the served one): maximise
+        E_q[log p(z | y)] over the training images, z drawn afresh from q each epoch. With q and
+        the decoder fixed that term is all of the ELBO the prior touches, so every nat gained
+        here is a nat of the ELBO. Adam on a one-cycle schedule peaking at PRIOR_FLOW_LR."""
+        flow = self.vae.add_prior_flow()
+        mus, logvars = [], []
+        with torch.no_grad():
+            for i in range(0, len(x), 2000):
+                mu, logvar = self.vae.elbo_posterior(x[i:i + 2000].to(self.device), y[i:i + 2000].to(self.device))
+                mus.append(mu)
+                logvars.append(logvar)
+        mu, std, labels = torch.cat(mus), torch.cat(logvars).mul(0.5).exp(), y.to(self.device)
+        b, epochs = PRIOR_FLOW_BATCH, self.cfg.prior_flow
+        steps = -(-len(x) // b)  # every image each epoch, the last batch short
+        opt = torch.optim.Adam(flow.parameters(), lr=PRIOR_FLOW_LR)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=PRIOR_FLOW_LR, total_steps=epochs * steps, pct_start=0.1)
+        history = []
+        for e in tqdm(range(epochs), desc="prior flow", disable=not progress, leave=False):
+            order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.cfg.seed * 10_000 + 5_000 + e))
+            z = mu + std * self.randn(*mu.shape)
+            total = 0.0
+            for i in range(steps):
+                idx = order[i * b:(i + 1) * b].to(self.device)
+                loss = -self.vae.log_prior(z[idx], labels[idx]).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                schedule.step()
+                total += loss.item()
+            history.append({"epoch": e + 1, "log_prior": round(-total / max(1, steps), 5)})
         return history
 
     def _step_classifier(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

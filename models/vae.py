@@ -19,6 +19,14 @@ simplest form. Samples then come from where the encoder put the training images 
 ``encode``, directions) is in u; the map is exact both ways, so an encoded image still decodes to
 its reconstruction. ``prior=0`` is N(0, I): u = z.
 
+Flow prior (``prior=2``): the fitted Gaussian followed by a class-conditional normalising flow
+(models.flow): z = loc_y + L_y f_y(u), f_y a stack of affine couplings fitted after the Gaussian
+to the ELBO encoder's aggregate posterior (models.trainer). A Gaussian cannot follow the shape
+of the cloud the encoder puts a class in; the flow can, and every nat it gains there is a nat
+of the test ELBO's KL term. The map stays exact both ways, so u keeps its meaning for the
+service; the KL against it has no closed form and is estimated from q's sample
+(``kl(..., z=z)``), as the reconstruction term already is.
+
 ELBO encoder (``elbo_encoder=1``): a second encoder, used for nothing but the test ELBO. The
 cards measure the ELBO on the Bernoulli likelihood below; a decoder trained with the Gaussian one
 (sigma ~ 0.08) is served with the encoder of that training, whose q is far narrower than the
@@ -43,6 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.flow import PriorFlow, row_jacobian
+
 
 @dataclass
 class VAEConfig:
@@ -51,13 +61,15 @@ class VAEConfig:
     channels: int = 32
     hidden: int = 256
     image_channels: int = 1
-    prior: int = 0  # 0: N(0, I); 1: per-class Gaussian N(loc_y, L_y L_y^T) fitted after training
+    prior: int = 0  # 0: N(0, I); 1: per-class Gaussian N(loc_y, L_y L_y^T) fitted after training; 2: that + a flow
     image_size: int = 28  # height = width; two stride-2 steps each way, so a multiple of 4
     elbo_encoder: int = 0  # 1: a second encoder, fitted after training to the Bernoulli ELBO (the cards' measure)
 
     def __post_init__(self) -> None:
         if self.image_size <= 0 or self.image_size % 4:
             raise ValueError(f"image_size must be a positive multiple of 4, got {self.image_size}")
+        if self.prior not in (0, 1, 2):
+            raise ValueError(f"prior must be 0 (N(0, I)), 1 (fitted Gaussian) or 2 (Gaussian and flow), got {self.prior}")
 
 
 class Encoder(nn.Module):
@@ -121,6 +133,8 @@ class VAE(nn.Module):
             d, c = cfg.latent_dim, cfg.num_classes
             self.register_buffer("prior_loc", torch.zeros(c, d))
             self.register_buffer("prior_tril", torch.eye(d).repeat(c, 1, 1))  # lower-triangular L_y
+        if cfg.prior == 2:
+            self.prior_flow = PriorFlow(cfg.latent_dim, cfg.num_classes)
 
     def posterior(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z | x, y) in the decoder's latent z: x (B, 1, 28, 28) in [0, 1] -> mu, logvar (B, latent_dim)."""
@@ -137,21 +151,41 @@ class VAE(nn.Module):
         self.cfg.elbo_encoder = 1
         return self.elbo_encoder
 
+    def add_prior_flow(self) -> nn.Module:
+        """Put an identity flow on the fitted Gaussian (prior 1 -> 2); returns it, to be fitted."""
+        if self.cfg.prior != 1:
+            raise ValueError(f"a flow goes on the fitted Gaussian prior (prior=1), not prior={self.cfg.prior}")
+        self.prior_flow = PriorFlow(self.cfg.latent_dim, self.cfg.num_classes).to(self.prior_loc.device)
+        self.cfg.prior = 2
+        return self.prior_flow
+
     def to_decoder_latent(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """u (served latent, N(0, I) under the prior) -> z = loc_y + L_y u; the identity with prior=0.
-        An elementwise product and a sum per row, so a row's z never depends on its batch."""
+        """u (served latent, N(0, I) under the prior) -> z = loc_y + L_y u (loc_y + L_y f_y(u) with
+        the flow); the identity with prior=0. The affine part is an elementwise product and a sum
+        per row, so a row's z never depends on its batch; the flow's dense layers are made
+        row-stable by the service like the decoder's."""
         if not self.cfg.prior:
             return u
+        if self.cfg.prior == 2:
+            u = self.prior_flow.from_base(u, y)
         return self.prior_loc[y] + (self.prior_tril[y] * u[:, None, :]).sum(-1)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, 1, 28, 28) in [0, 1] -> mu, logvar: (B, latent_dim) of q in the served latent u.
 
         With the fitted prior, u = L_y^-1 (z - loc_y): mu is exact; logvar is the diagonal of the
-        transformed covariance L_y^-1 diag(var) L_y^-T (its correlations are dropped)."""
+        transformed covariance L_y^-1 diag(var) L_y^-T (its correlations are dropped). With the
+        flow, mu goes on through it (exact) and the covariance through its Jacobian at mu, J L_y^-1
+        (first order: q is narrow next to the flow's curvature)."""
         mu, logvar = self.encoder(x, y)
         if not self.cfg.prior:
             return mu, logvar
+        if self.cfg.prior == 2:
+            inv = torch.linalg.inv(self.prior_tril)[y]
+            w = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
+            jac = row_jacobian(lambda w_, y_: self.prior_flow.to_base(w_, y_)[0], w, y) @ inv  # du/dz, (B, D, D)
+            mu_u = self.prior_flow.to_base(w, y)[0]
+            return mu_u, (jac.pow(2) * logvar.exp()[:, None, :]).sum(-1).log()
         mu_u, var_u = self._in_served_latent(mu, logvar, y)
         return mu_u, var_u.log()
 
@@ -162,8 +196,15 @@ class VAE(nn.Module):
         var_u = (inv.pow(2) * logvar.exp()[:, None, :]).sum(-1)
         return mu_u, var_u
 
-    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """KL(q(z | x, y) || p(z | y)) per row, (B,): q = N(mu, diag exp(logvar)) in z."""
+    def kl(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(q(z | x, y) || p(z | y)) per row, (B,): q = N(mu, diag exp(logvar)) in z. Exact for
+        N(0, I) and the Gaussian; with the flow, the one-sample estimate log q(z) - log p(z) at the
+        z drawn from q that the reconstruction term used (required then)."""
+        if self.cfg.prior == 2:
+            if z is None:
+                raise ValueError("the flow prior's KL is estimated at a sample: pass z drawn from q")
+            log_q = -0.5 * ((z - mu).pow(2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(1)
+            return log_q - self.log_prior(z, y)
         if not self.cfg.prior:
             return kl_divergence(mu, logvar)
         # in u the prior is N(0, I), and the KL is unchanged by the affine map
@@ -172,13 +213,17 @@ class VAE(nn.Module):
         return 0.5 * (var_u.sum(1) + mu_u.pow(2).sum(1) - mu.shape[1] - logdet)
 
     def log_prior(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """log p(z | y) per row, (B,): N(0, I), or N(loc_y, L_y L_y^T) with the fitted prior."""
+        """log p(z | y) per row, (B,): N(0, I), or N(loc_y, L_y L_y^T) with the fitted prior, or
+        that pushed through the flow: log N(f^-1(w); 0, I) + log |det df^-1/dw| - log |det L_y|."""
         d = z.shape[1]
         if not self.cfg.prior:
             return -0.5 * (z.pow(2).sum(1) + d * math.log(2 * math.pi))
         tril = self.prior_tril[y]
         u = torch.linalg.solve_triangular(tril, (z - self.prior_loc[y]).unsqueeze(-1), upper=False).squeeze(-1)
         logdet = torch.diagonal(tril, dim1=1, dim2=2).log().sum(1)
+        if self.cfg.prior == 2:
+            u, flow_logdet = self.prior_flow.to_base(u, y)
+            logdet = logdet - flow_logdet
         return -0.5 * (u.pow(2).sum(1) + d * math.log(2 * math.pi)) - logdet
 
     def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -206,9 +251,16 @@ class VAE(nn.Module):
     def latent_weight(self) -> torch.Tensor:
         """The decoder's first layer's weight on the served latent, (hidden, latent_dim): what SeFa
         factorises. With the fitted prior it is W L, L the classes' mean scale (the first layer
-        sees W (loc_y + L_y u)), so the directions are those of the average class."""
+        sees W (loc_y + L_y u)), so the directions are those of the average class. With the flow,
+        L_y is L_y J_y, J_y the flow's Jacobian at u = 0 (the map linearised at the prior's centre)."""
         w = self.decoder.fc[0].weight[:, :self.cfg.latent_dim]
-        return w @ self.prior_tril.mean(0) if self.cfg.prior else w
+        if not self.cfg.prior:
+            return w
+        if self.cfg.prior == 2:
+            y = torch.arange(self.cfg.num_classes, device=w.device)
+            u = torch.zeros(len(y), self.cfg.latent_dim, device=w.device, dtype=w.dtype)
+            return w @ (self.prior_tril @ row_jacobian(self.prior_flow.from_base, u, y)).mean(0)
+        return w @ self.prior_tril.mean(0)
 
     @torch.no_grad()
     def fit_prior(self, x01: torch.Tensor, y: torch.Tensor, batch: int = 2000) -> None:

@@ -181,11 +181,22 @@ def test_vae_prior_ablation_rows_and_truncation(tmp_path, monkeypatch):
     vae.prior_tril.copy_(torch.eye(3).repeat(10, 1, 1) * 0.5)
     save_model(vae, name="fashion-vae", kind="vae", out_dir=weights)
     rows = ev.vae_prior_ablation("fashion-vae", weights, str(data), 0, progress=False)
-    assert list(rows) == ["samples, fitted prior", "reconstructions", "samples, N(0, I)"]
-    fitted, plain = rows["samples, fitted prior"], rows["samples, N(0, I)"]
+    assert list(rows) == ["samples, fitted Gaussian", "reconstructions", "samples, N(0, I)"]
+    fitted, plain = rows["samples, fitted Gaussian"], rows["samples, N(0, I)"]
     assert abs(fitted["test_elbo_nats"] - plain["test_elbo_nats"]) > 1  # a prior far from N(0, I): another KL
     assert rows["reconstructions"]["test_elbo_nats"] == fitted["test_elbo_nats"]
     assert all(0 <= r["accuracy"] <= 1 and r["fid"] >= 0 for r in rows.values())
+    # with a flow on the Gaussian: its own row first, then the same weights without it
+    from tests.models.test_flow import randomise
+
+    randomise(vae.add_prior_flow(), scale=0.3)
+    save_model(vae, name="fashion-vae", kind="vae", out_dir=weights)
+    rows = ev.vae_prior_ablation("fashion-vae", weights, str(data), 0, progress=False)
+    assert list(rows) == ["samples, fitted Gaussian and flow", "samples, fitted Gaussian", "reconstructions",
+                          "samples, N(0, I)"]
+    assert rows["samples, fitted Gaussian"] == fitted  # the flow's weights change nothing else
+    assert rows["reconstructions"]["test_elbo_nats"] == rows["samples, fitted Gaussian and flow"]["test_elbo_nats"]
+    assert abs(rows["samples, fitted Gaussian and flow"]["test_elbo_nats"] - fitted["test_elbo_nats"]) > 0.1
     save_model(VAE(VAEConfig(latent_dim=3, channels=4, hidden=16)), name="fashion-vae", kind="vae", out_dir=weights)
     assert list(ev.vae_prior_ablation("fashion-vae", weights, str(data), 0, progress=False)) == [
         "samples, N(0, I)", "reconstructions"]

@@ -365,18 +365,22 @@ def test_close_stops_the_part_threads(tiny_weights):
         reg.part_pool.submit(print)
 
 
-def test_a_vae_with_a_fitted_prior_serves_and_encodes_in_its_served_latent(tmp_path):
-    """prior=1: served rows are the module's generate (which goes through the prior's map), bit
-    for bit; /encode's mu is in the served latent, so decoding it gives the reconstruction; and the
-    default pass (TorchScript, channels-last) keeps the prior's map row-stable: every batch shape
-    calibrates and a row's pixels do not depend on its batch."""
+@pytest.mark.parametrize("prior", [1, 2], ids=["gaussian", "gaussian+flow"])
+def test_a_vae_with_a_fitted_prior_serves_and_encodes_in_its_served_latent(tmp_path, prior):
+    """prior=1 (and 2, with a flow on it): served rows are the module's generate (which goes
+    through the prior's map), bit for bit; /encode's mu is in the served latent, so decoding it
+    gives the reconstruction; and the default pass (TorchScript, channels-last) keeps the prior's
+    map row-stable: every batch shape calibrates and a row's pixels do not depend on its batch."""
     from models.card import save_model
     from models.vae import VAE, VAEConfig
+    from tests.models.test_flow import randomise
 
     torch.manual_seed(3)
     vae = VAE(VAEConfig(latent_dim=4, channels=8, hidden=32, prior=1))
     vae.prior_loc.copy_(torch.randn(10, 4))
     vae.prior_tril.copy_(torch.randn(10, 4, 4).tril() * 0.3 + torch.eye(4))
+    if prior == 2:
+        randomise(vae.add_prior_flow(), scale=0.3)
     save_model(vae, name="prior-vae", kind="vae", out_dir=tmp_path)
     fresh, _ = load_model(tmp_path / "prior-vae.json", device=torch.device("cpu"))
     assert torch.equal(fresh.prior_loc, vae.prior_loc)  # the prior travels in the safetensors file
