@@ -68,7 +68,10 @@ def save_model(module: nn.Module, *, name: str, kind: str, out_dir: str | Path, 
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{name}.safetensors"
     tensors = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    save_file(tensors, str(weights), metadata={"name": name, "kind": kind, "version": version})
+    # one metadata key: safetensors writes a metadata map in no fixed order, so with several keys
+    # the same tensors could give files (and card sha256s) that differ from run to run
+    save_file(tensors, str(weights), metadata={"model": json.dumps({"kind": kind, "name": name, "version": version},
+                                                                   sort_keys=True)})
     cfg = dataclasses.asdict(module.cfg)
     card = {
         "schema": CARD_SCHEMA,
