@@ -50,6 +50,26 @@ class AffineCoupling(nn.Module):
         s, t = self._scale_shift(kept, y)
         return kept + (1.0 - self.mask) * ((u - t) * torch.exp(-s))
 
+    def to_base_with_jacobian(self, w: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``to_base`` and its Jacobian du/dw per row, (B, D, D), in closed form: the network's
+        Jacobian is W3 diag(silu'(h2)) W2 diag(silu'(h1)) W1 on the kept coordinates, so no
+        autograd and no pass per coordinate (the service runs it inside inference mode)."""
+        m, free = self.mask, 1.0 - self.mask
+        kept = w * m
+        h1 = self.net[0](torch.cat([kept, F.one_hot(y, self.num_classes).to(w.dtype)], dim=1))
+        h2 = self.net[2](self.net[1](h1))
+        a, b = self.net[4](self.net[3](h2)).chunk(2, dim=1)
+        s, t = torch.tanh(a) * free, b * free
+        u = kept + free * (w * torch.exp(s) + t)
+        w1, w2, w3 = (_weight(self.net[i]) for i in (0, 2, 4))
+        g = _silu_grad(h1)[:, :, None] * (w1[:, :w.shape[1]] * m)  # (B, H, D): d h1 / d w through the mask
+        g = _silu_grad(h2)[:, :, None] * torch.matmul(w2, g)
+        d_out = torch.matmul(w3, g)  # (B, 2D, D): d (a, b) / d w
+        d_a, d_b = d_out.chunk(2, dim=1)
+        scale = free * w * torch.exp(s) * (1.0 - torch.tanh(a).pow(2))  # d u_free / d a, per coordinate
+        jac = torch.diag_embed(m + free * torch.exp(s)) + scale[:, :, None] * d_a + free[None, :, None] * d_b
+        return u, jac
+
 
 class PriorFlow(nn.Module):
     def __init__(self, dim: int, num_classes: int, layers: int = FLOW_LAYERS, hidden: int = FLOW_HIDDEN):
@@ -76,14 +96,51 @@ class PriorFlow(nn.Module):
             u = layer.from_base(u, y)
         return u
 
+    def to_base_with_jacobian(self, w: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """w (B, D) -> (u, du/dw per row (B, D, D)): the layers' Jacobians chained."""
+        jac = None
+        for layer in self.layers:
+            w, j = layer.to_base_with_jacobian(w, y)
+            jac = j if jac is None else torch.bmm(j, jac)
+        if jac is None:
+            jac = torch.eye(w.shape[1], dtype=w.dtype, device=w.device).expand(w.shape[0], -1, -1)
+        return w, jac
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """A dense layer's weight, also where the service has wrapped it to keep its rows stable
+    (app/engine/passes.py: the wrapper holds the nn.Linear as ``linear``)."""
+    return getattr(layer, "linear", layer).weight
+
+
+def _silu_grad(x: torch.Tensor) -> torch.Tensor:
+    sig = torch.sigmoid(x)
+    return sig * (1.0 + x * (1.0 - sig))
+
+
+def _weight(layer: nn.Module) -> torch.Tensor:
+    """A dense layer's weight, also where the service has wrapped it to keep its rows stable
+    (app/engine/passes.py: the wrapper holds the nn.Linear as ``linear``)."""
+    return getattr(layer, "linear", layer).weight
+
+
+def _silu_grad(x: torch.Tensor) -> torch.Tensor:
+    sig = torch.sigmoid(x)
+    return sig * (1.0 + x * (1.0 - sig))
+
 
 def row_jacobian(fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """d fn(x, y) / dx per row, (B, D_out, D_in), for a row-wise fn: one backward pass per output
-    coordinate. Runs with autograd on even inside ``torch.inference_mode`` (the service's passes):
-    the input is cloned into a normal tensor first."""
+    """d fn(x, y) / dx per row, (B, D_out, D_in), for a row-wise fn (a row's output depends on
+    that row alone). Each row is repeated once per output coordinate, and one backward pass of
+    the sum of the k-th copy's k-th output gives every row's Jacobian: one forward and one
+    backward of B x D_out rows instead of D_out backward passes. Runs with autograd on even
+    inside ``torch.inference_mode`` (the service's passes): the input is cloned into a normal
+    tensor first."""
     with torch.inference_mode(False), torch.enable_grad():
-        x = x.clone().requires_grad_(True)
-        out = fn(x, y.clone())
-        rows = [torch.autograd.grad(out[:, i].sum(), x, retain_graph=i + 1 < out.shape[1])[0]
-                for i in range(out.shape[1])]
-    return torch.stack(rows, dim=1).detach()
+        x, y = x.clone(), y.clone()
+        d_out = fn(x[:1], y[:1]).shape[1]
+        rows = x.repeat_interleave(d_out, dim=0).requires_grad_(True)  # (B * D_out, D_in): row b, copy k
+        out = fn(rows, y.repeat_interleave(d_out)).view(len(x), d_out, d_out)
+        picked = torch.diagonal(out, dim1=1, dim2=2).sum()  # copy k of each row contributes its output k
+        (grad,) = torch.autograd.grad(picked, rows)
+    return grad.view(len(x), d_out, -1).detach()

@@ -51,7 +51,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.flow import PriorFlow, row_jacobian
+from models.flow import PriorFlow
 
 
 @dataclass
@@ -183,8 +183,8 @@ class VAE(nn.Module):
         if self.cfg.prior == 2:
             inv = torch.linalg.inv(self.prior_tril)[y]
             w = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
-            jac = row_jacobian(lambda w_, y_: self.prior_flow.to_base(w_, y_)[0], w, y) @ inv  # du/dz, (B, D, D)
-            mu_u = self.prior_flow.to_base(w, y)[0]
+            mu_u, jac = self.prior_flow.to_base_with_jacobian(w, y)
+            jac = torch.bmm(jac, inv)  # du/dz, (B, D, D)
             return mu_u, (jac.pow(2) * logvar.exp()[:, None, :]).sum(-1).log()
         mu_u, var_u = self._in_served_latent(mu, logvar, y)
         return mu_u, var_u.log()
@@ -256,10 +256,11 @@ class VAE(nn.Module):
         w = self.decoder.fc[0].weight[:, :self.cfg.latent_dim]
         if not self.cfg.prior:
             return w
-        if self.cfg.prior == 2:
+        if self.cfg.prior == 2:  # dw/du at u = 0 is the inverse of du/dw at w = f(0)
             y = torch.arange(self.cfg.num_classes, device=w.device)
-            u = torch.zeros(len(y), self.cfg.latent_dim, device=w.device, dtype=w.dtype)
-            return w @ (self.prior_tril @ row_jacobian(self.prior_flow.from_base, u, y)).mean(0)
+            centre = self.prior_flow.from_base(torch.zeros(len(y), self.cfg.latent_dim, device=w.device, dtype=w.dtype), y)
+            jac = torch.linalg.inv(self.prior_flow.to_base_with_jacobian(centre, y)[1])
+            return w @ (self.prior_tril @ jac).mean(0)
         return w @ self.prior_tril.mean(0)
 
     @torch.no_grad()

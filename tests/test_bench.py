@@ -311,3 +311,18 @@ def test_train_step_prints_every_variant_and_the_step_phases(capsys):
     for phase in train_step.PHASES:
         assert re.search(rf"^  {re.escape(phase)}\s+\d+\.\d+ ms", out, re.M), phase
     assert "aten::convolution_backward" in out
+
+
+def test_prior_cost_times_both_folders_in_every_cell(tiny_weights, capsys):
+    from bench import prior_cost
+
+    assert prior_cost.main(["--a", str(tiny_weights), "--b", str(tiny_weights), "--model", "tiny-vae",
+                            "--generate-batches", "1,4", "--encode-batches", "2", "--seconds", "0.01",
+                            "--pairs", "2", "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    cells = [line for line in lines if "b/a" in line]
+    assert [c.split(":")[0].split(",")[0].strip() for c in cells] == ["generate_rows", "generate_rows", "encode_rows"]
+    for cell in cells:  # "... a X ms   b Y ms   b/a R"
+        words = cell.split()
+        a, b, ratio = float(words[words.index("a") + 1]), float(words[words.index("b") + 1]), float(words[-1])
+        assert a > 0 and b > 0 and ratio == pytest.approx(b / a, rel=0.05, abs=0.02)  # from the unrounded medians

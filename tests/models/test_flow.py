@@ -6,10 +6,20 @@ import math
 import pytest
 import torch
 
-from models.flow import PriorFlow, row_jacobian
+from models.flow import PriorFlow
 from models.vae import VAE, VAEConfig
 
 D = 3
+
+
+def row_jacobian(fn, x, y):
+    """d fn(x, y) / dx per row by autograd, one backward pass per output coordinate: the oracle
+    for the closed forms."""
+    with torch.inference_mode(False), torch.enable_grad():
+        x = x.clone().requires_grad_(True)
+        out = fn(x, y.clone())
+        rows = [torch.autograd.grad(out[:, i].sum(), x, retain_graph=True)[0] for i in range(out.shape[1])]
+    return torch.stack(rows, dim=1).detach()
 
 
 def labels(b):
@@ -68,13 +78,20 @@ def test_flow_log_determinant_is_that_of_its_jacobian():
         assert torch.allclose(jac[i], want, atol=1e-6)
 
 
-def test_row_jacobian_runs_inside_inference_mode():
-    flow = randomise(PriorFlow(4, 10, layers=2, hidden=8))
-    w, y = torch.randn(3, 4), labels(3)
-    want = row_jacobian(flow.from_base, w, y)
-    with torch.inference_mode():
-        got = row_jacobian(flow.from_base, torch.randn(3, 4).copy_(w), y)
-    assert torch.equal(got, want)
+def test_the_closed_form_jacobian_is_autograds_also_through_row_stable_wrappers():
+    from app.engine.passes import stable_dense_rows
+
+    flow = randomise(PriorFlow(4, 10, layers=3, hidden=8), seed=5)
+    w, y = torch.randn(6, 4), labels(6)
+    want = row_jacobian(lambda w_, y_: flow.to_base(w_, y_)[0], w, y)
+    with torch.inference_mode():  # the service encodes inside inference mode
+        u, jac = flow.to_base_with_jacobian(w, y)
+        assert torch.allclose(jac, want, atol=1e-5) and torch.allclose(u, flow.to_base(w, y)[0], atol=1e-6)
+        stable_dense_rows(flow)  # the service's wrappers around every dense layer
+        u2, jac2 = flow.to_base_with_jacobian(w, y)
+    assert torch.allclose(jac2, want, atol=1e-5) and torch.allclose(u2, u, atol=1e-6)
+    identity = PriorFlow(4, 10, layers=0)
+    assert torch.equal(identity.to_base_with_jacobian(w, y)[1], torch.eye(4).expand(6, -1, -1))
 
 
 def test_flow_prior_samples_through_the_flow_and_its_density_integrates_the_change_of_variables():
