@@ -116,31 +116,3 @@ def _weight(layer: nn.Module) -> torch.Tensor:
 def _silu_grad(x: torch.Tensor) -> torch.Tensor:
     sig = torch.sigmoid(x)
     return sig * (1.0 + x * (1.0 - sig))
-
-
-def _weight(layer: nn.Module) -> torch.Tensor:
-    """A dense layer's weight, also where the service has wrapped it to keep its rows stable
-    (app/engine/passes.py: the wrapper holds the nn.Linear as ``linear``)."""
-    return getattr(layer, "linear", layer).weight
-
-
-def _silu_grad(x: torch.Tensor) -> torch.Tensor:
-    sig = torch.sigmoid(x)
-    return sig * (1.0 + x * (1.0 - sig))
-
-
-def row_jacobian(fn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """d fn(x, y) / dx per row, (B, D_out, D_in), for a row-wise fn (a row's output depends on
-    that row alone). Each row is repeated once per output coordinate, and one backward pass of
-    the sum of the k-th copy's k-th output gives every row's Jacobian: one forward and one
-    backward of B x D_out rows instead of D_out backward passes. Runs with autograd on even
-    inside ``torch.inference_mode`` (the service's passes): the input is cloned into a normal
-    tensor first."""
-    with torch.inference_mode(False), torch.enable_grad():
-        x, y = x.clone(), y.clone()
-        d_out = fn(x[:1], y[:1]).shape[1]
-        rows = x.repeat_interleave(d_out, dim=0).requires_grad_(True)  # (B * D_out, D_in): row b, copy k
-        out = fn(rows, y.repeat_interleave(d_out)).view(len(x), d_out, d_out)
-        picked = torch.diagonal(out, dim1=1, dim2=2).sum()  # copy k of each row contributes its output k
-        (grad,) = torch.autograd.grad(picked, rows)
-    return grad.view(len(x), d_out, -1).detach()

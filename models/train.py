@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.prior_flow and (args.kind != "vae" or args.prior_flow < 0 or cfg.model.get("prior") != 1):
         raise SystemExit("--prior-flow takes a VAE with --model prior=1 (the flow goes on its fitted Gaussian) "
                          "and a number of epochs >= 0")
+    if cfg.model.get("prior") == 2:  # the flow is made and fitted after training, never trained from the start
+        raise SystemExit("--model prior=2 is what --prior-flow EPOCHS makes of --model prior=1 after training; "
+                         "train with those")
     train = load_split("train", args.data_dir)
     x, y = to_tensors(train, (0.0, 1.0))
     probe = None

@@ -181,7 +181,7 @@ class VAE(nn.Module):
         if not self.cfg.prior:
             return mu, logvar
         if self.cfg.prior == 2:
-            inv = torch.linalg.inv(self.prior_tril)[y]
+            inv = _inverse(self.prior_tril)[y]
             w = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
             mu_u, jac = self.prior_flow.to_base_with_jacobian(w, y)
             jac = torch.bmm(jac, inv)  # du/dz, (B, D, D)
@@ -191,7 +191,7 @@ class VAE(nn.Module):
 
     def _in_served_latent(self, mu: torch.Tensor, logvar: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q's mean in u, L_y^-1 (mu - loc_y), and the diagonal of its covariance there."""
-        inv = torch.linalg.inv(self.prior_tril)[y]  # (B, D, D): inverted per class, so no row depends on its batch
+        inv = _inverse(self.prior_tril)[y]  # (B, D, D): inverted per class, so no row depends on its batch
         mu_u = (inv * (mu - self.prior_loc[y])[:, None, :]).sum(-1)
         var_u = (inv.pow(2) * logvar.exp()[:, None, :]).sum(-1)
         return mu_u, var_u
@@ -259,7 +259,7 @@ class VAE(nn.Module):
         if self.cfg.prior == 2:  # dw/du at u = 0 is the inverse of du/dw at w = f(0)
             y = torch.arange(self.cfg.num_classes, device=w.device)
             centre = self.prior_flow.from_base(torch.zeros(len(y), self.cfg.latent_dim, device=w.device, dtype=w.dtype), y)
-            jac = torch.linalg.inv(self.prior_flow.to_base_with_jacobian(centre, y)[1])
+            jac = _inverse(self.prior_flow.to_base_with_jacobian(centre, y)[1])
             return w @ (self.prior_tril @ jac).mean(0)
         return w @ self.prior_tril.mean(0)
 
@@ -282,6 +282,12 @@ class VAE(nn.Module):
             cov = torch.cov(m.T) + torch.diag(v.mean(0))
             self.prior_loc[c] = m.mean(0).to(self.prior_loc.dtype)
             self.prior_tril[c] = torch.linalg.cholesky(cov).to(self.prior_tril.dtype)
+
+
+def _inverse(m: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.inv in float32 at least: linalg has no half-precision kernels, and the service
+    may hold the model in float16 or bfloat16 (LATENTSERVE_DTYPE)."""
+    return torch.linalg.inv(m.float() if m.dtype in (torch.float16, torch.bfloat16) else m).to(m.dtype)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -482,3 +482,5 @@ def test_cli_prior_flow_is_in_the_card_loads_and_is_refused_without_the_gaussian
                  ["vae", "--prior-flow", "-1", "--model", "prior=1"]):
         with pytest.raises(SystemExit, match="--prior-flow"):
             main(args)
+    with pytest.raises(SystemExit, match="prior=2 is what --prior-flow"):
+        main(["vae", "--model", "prior=2"])

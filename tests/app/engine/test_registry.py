@@ -195,6 +195,32 @@ def test_both_model_kinds_serve_in_a_half_dtype(tiny_weights, dtype):
     assert stats.dtype == np.float32 and stats.shape == (8, 2, vae.latent_dim) and np.isfinite(stats).all()
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("prior", [1, 2], ids=["gaussian", "gaussian+flow"])
+def test_a_vae_with_a_fitted_prior_serves_in_a_half_dtype(tmp_path, dtype, prior):
+    """The prior's inverses (encode's map to u, SeFa's weight through the flow at load) run in
+    float32: linalg has no half-precision kernels, and the service failed to load such a VAE."""
+    from models.card import save_model
+    from models.vae import VAE, VAEConfig
+    from tests.models.test_flow import randomise
+
+    torch.manual_seed(4)
+    vae = VAE(VAEConfig(latent_dim=4, channels=8, hidden=32, prior=1))
+    vae.prior_loc.copy_(torch.randn(10, 4))
+    vae.prior_tril.copy_(torch.randn(10, 4, 4).tril() * 0.3 + torch.eye(4))
+    if prior == 2:
+        randomise(vae.add_prior_flow(), scale=0.3)
+    save_model(vae, name="prior-vae", kind="vae", out_dir=tmp_path)
+    half, full = registry(tmp_path, device="cpu", dtype=dtype).get("prior-vae"), registry(tmp_path, device="cpu").get("prior-vae")
+    assert half.directions is not None and len(half.directions.vectors) == 4
+    z, y = rows(half, 8, seed=5)
+    assert np.abs(half.generate_rows(z, y).astype(int) - full.generate_rows(z, y).astype(int)).max() <= 16
+    x = torch.rand(8, *half.image_shape)
+    stats, want = half.encode_rows(x, y), full.encode_rows(x, y)
+    assert stats.dtype == np.float32 and np.isfinite(stats).all()
+    assert np.abs(stats[:, 0] - want[:, 0]).max() < 0.1 * np.abs(want[:, 0]).max()
+
+
 def test_a_warm_up_asked_to_stop_ends_at_its_next_pass(tiny_weights, monkeypatch):
     """SIGTERM during the warm-up waited for all of it: the shutdown joins the forward thread,
     which ran every shape of every model (17 s in the review's repro, against a 4 s budget)."""
