@@ -56,18 +56,23 @@ def _forward_png(model: ServedModel, z: torch.Tensor, y: torch.Tensor, png_level
     return forward_png
 
 
+def window(fn: Callable[[], object], seconds: float) -> tuple[int, float]:
+    """One timed window: calls fn until `seconds` have passed; (calls, elapsed seconds)."""
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return calls, elapsed
+
+
 def _rate(fn: Callable[[], None], images: int, seconds: float, repeats: int) -> tuple[float, list[float]]:
     """Median images/s over `repeats` windows; each window calls fn until `seconds` have passed."""
     fn()  # not timed
     rates = []
     for _ in range(repeats):
-        calls, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed >= seconds:
-                break
+        calls, elapsed = window(fn, seconds)
         rates.append(images * calls / elapsed)
     return statistics.median(rates), rates
 

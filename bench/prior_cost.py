@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,18 +21,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch loa
 
 import torch  # noqa: E402
 
-from bench.limit import load  # noqa: E402
+from bench.limit import load, window  # noqa: E402
 
 
-def _window(fn: Callable[[], object], seconds: float) -> float:
-    """ms per call over one window of at least ``seconds``."""
-    calls, t0 = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= seconds:
-            return 1e3 * elapsed / calls
+def _ms_per_call(fn: Callable[[], object], seconds: float) -> float:
+    calls, elapsed = window(fn, seconds)
+    return 1e3 * elapsed / calls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         times: dict[str, list[float]] = {"a": [], "b": []}
         for i in range(args.pairs):
             for k in ("a", "b") if i % 2 == 0 else ("b", "a"):
-                times[k].append(_window(fns[k], args.seconds))
+                times[k].append(_ms_per_call(fns[k], args.seconds))
         ma, mb = statistics.median(times["a"]), statistics.median(times["b"])
         print(f"{name}: a {ma:8.2f} ms   b {mb:8.2f} ms   b/a {mb / ma:5.2f}")
     return 0

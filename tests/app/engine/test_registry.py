@@ -27,6 +27,23 @@ def registry(weights: Path, **overrides: object) -> Registry:
     return reg
 
 
+def prior_vae(folder: Path, prior: int, seed: int):
+    """Save a small VAE with a random fitted Gaussian prior (and, prior=2, a random flow on it) to
+    ``folder`` as prior-vae; returns the module."""
+    from models.card import save_model
+    from models.vae import VAE, VAEConfig
+    from tests.models.test_flow import randomise
+
+    torch.manual_seed(seed)
+    vae = VAE(VAEConfig(latent_dim=4, channels=8, hidden=32, prior=1))
+    vae.prior_loc.copy_(torch.randn(10, 4))
+    vae.prior_tril.copy_(torch.randn(10, 4, 4).tril() * 0.3 + torch.eye(4))
+    if prior == 2:
+        randomise(vae.add_prior_flow(), scale=0.3)
+    save_model(vae, name="prior-vae", kind="vae", out_dir=folder)
+    return vae
+
+
 def rows(model, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, model.latent_dim, generator=g), torch.randint(len(model.classes), (n,), generator=g)
@@ -200,17 +217,7 @@ def test_both_model_kinds_serve_in_a_half_dtype(tiny_weights, dtype):
 def test_a_vae_with_a_fitted_prior_serves_in_a_half_dtype(tmp_path, dtype, prior):
     """The prior's inverses (encode's map to u, SeFa's weight through the flow at load) run in
     float32: linalg has no half-precision kernels, and the service failed to load such a VAE."""
-    from models.card import save_model
-    from models.vae import VAE, VAEConfig
-    from tests.models.test_flow import randomise
-
-    torch.manual_seed(4)
-    vae = VAE(VAEConfig(latent_dim=4, channels=8, hidden=32, prior=1))
-    vae.prior_loc.copy_(torch.randn(10, 4))
-    vae.prior_tril.copy_(torch.randn(10, 4, 4).tril() * 0.3 + torch.eye(4))
-    if prior == 2:
-        randomise(vae.add_prior_flow(), scale=0.3)
-    save_model(vae, name="prior-vae", kind="vae", out_dir=tmp_path)
+    prior_vae(tmp_path, prior, seed=4)
     half, full = registry(tmp_path, device="cpu", dtype=dtype).get("prior-vae"), registry(tmp_path, device="cpu").get("prior-vae")
     assert half.directions is not None and len(half.directions.vectors) == 4
     z, y = rows(half, 8, seed=5)
@@ -397,17 +404,7 @@ def test_a_vae_with_a_fitted_prior_serves_and_encodes_in_its_served_latent(tmp_p
     through the prior's map), bit for bit; /encode's mu is in the served latent, so decoding it
     gives the reconstruction; and the default pass (TorchScript, channels-last) keeps the prior's
     map row-stable: every batch shape calibrates and a row's pixels do not depend on its batch."""
-    from models.card import save_model
-    from models.vae import VAE, VAEConfig
-    from tests.models.test_flow import randomise
-
-    torch.manual_seed(3)
-    vae = VAE(VAEConfig(latent_dim=4, channels=8, hidden=32, prior=1))
-    vae.prior_loc.copy_(torch.randn(10, 4))
-    vae.prior_tril.copy_(torch.randn(10, 4, 4).tril() * 0.3 + torch.eye(4))
-    if prior == 2:
-        randomise(vae.add_prior_flow(), scale=0.3)
-    save_model(vae, name="prior-vae", kind="vae", out_dir=tmp_path)
+    vae = prior_vae(tmp_path, prior, seed=3)
     fresh, _ = load_model(tmp_path / "prior-vae.json", device=torch.device("cpu"))
     assert torch.equal(fresh.prior_loc, vae.prior_loc)  # the prior travels in the safetensors file
     plain = registry(tmp_path, torchscript=False, channels_last=False, device="cpu").get("prior-vae")
